@@ -1,0 +1,1 @@
+"""Composition of the pipeline: Prefect flows, schedules, deployments and the `lethe` CLI."""

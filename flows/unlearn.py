@@ -1,0 +1,219 @@
+"""The unlearning flows: a batch drains the queue in order; each request is one distill -> version data ->
+train -> evaluate -> register -> gate -> promote step on top of the current production model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from models.generator import Generator  # noqa: E402
+from models.judge import Judge  # noqa: E402
+from tasks.batch_lock import batch_lock  # noqa: E402
+from tasks.datasets import DatasetStore, version_replay_sets  # noqa: E402
+from tasks.distill import distill_task  # noqa: E402
+from tasks.evaluate import EvalCache, eval_key, generate_samples_task, score_task  # noqa: E402
+from tasks.gates import check_gates  # noqa: E402
+from tasks.images import write_samples  # noqa: E402
+from tasks.prepared_data import load_split  # noqa: E402
+from tasks.queue import Request, RequestQueue  # noqa: E402
+from tasks.registry import Registry, promote_task, register_version_task  # noqa: E402
+from tasks.runtime import configure_torch  # noqa: E402
+from tasks.settings import Workspace, load_params, project_path  # noqa: E402
+from tasks.train_adapter import train_adapter_task  # noqa: E402
+
+GRID_PER_CONCEPT = 8
+
+
+@dataclass
+class Context:
+    """Everything a step needs, resolved once per batch."""
+
+    workspace: Workspace
+    params: dict
+    queue: RequestQueue
+    registry: Registry
+    store: DatasetStore
+    cache: EvalCache
+    judge: Judge
+    real: tuple
+
+    @classmethod
+    def open(cls, workspace: str | Path | None, params_file: str | Path | None) -> "Context":
+        ws = Workspace.resolve(workspace)
+        params = load_params(params_file)
+        paths = params.get("paths", {})
+        judge = Judge.load(project_path(paths.get("judge", "artifacts/judge")))
+        return cls(ws, params, RequestQueue(ws.queue_db), Registry(ws, params["registry"]["model_name"]),
+                   DatasetStore(ws.dvc_root, ws.dvc_remote), EvalCache(ws.evals), judge,
+                   load_split("test", project_path(paths.get("prepared", "prepared"))))
+
+
+def forgotten_of(version) -> list[str]:
+    value = version.tags.get("forgotten", "")
+    return [c for c in value.split(",") if c]
+
+
+def samples_of(ctx: Context, version: str, generator=None, adapters=None):
+    """Evaluation samples of a registered version, from the cache or made now."""
+    key = eval_key(ctx.params)
+    cached = ctx.cache.get(version, key)
+    if cached is not None:
+        return cached
+    if generator is None:
+        generator, adapters = ctx.registry.load(version)
+    images, labels = generate_samples_task(generator, adapters, ctx.params)
+    ctx.cache.put(version, key, images, labels)
+    return images, labels
+
+
+def grid_file(folder: Path, images, labels, concepts: list[str]) -> Path:
+    picks = [images[labels == i][:GRID_PER_CONCEPT] for i in range(len(concepts))]
+    import torch
+
+    return write_samples(torch.cat(picks), folder / "samples.png", GRID_PER_CONCEPT)
+
+
+def ensure_base(ctx: Context) -> str:
+    """Register the base generator as version 1 (the root of the lineage, production until a promotion)."""
+    if ctx.registry.versions():
+        production = ctx.registry.production()
+        if production is None:
+            raise RuntimeError(f"model {ctx.registry.model_name} has versions but no production alias")
+        return production.version
+    from models.adapter_stack import AdapterStack
+
+    base_dir = project_path(ctx.params.get("paths", {}).get("base", "artifacts/base"))
+    generator = Generator.from_folder(base_dir)
+    adapters = AdapterStack()
+    images, labels = generate_samples_task(generator, adapters, ctx.params)
+    metrics = score_task(images, labels, ctx.judge, [], *ctx.real, ctx.params)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
+        tags = {"kind": "base", "gate": "passed", "forgotten": "", "parent_version": "", "request_id": "",
+                "eval_key": metrics["eval_key"]}
+        version = register_version_task(
+            ctx.registry, generator_dir=base_dir, adapters=adapters, sampling=ctx.params["sampling"],
+            run_name="base", params={"base_dir": str(base_dir)}, metrics=summary_metrics(metrics), tags=tags,
+            description="Base generator: the root of the lineage, nothing forgotten.", files=files)
+    ctx.cache.put(version, metrics["eval_key"], images, labels)
+    promote_task(ctx.registry, version)
+    return version
+
+
+def summary_metrics(scored: dict) -> dict:
+    out = {k: scored[k] for k in ("forget_acc_max", "forget_acc_mean", "retain_acc_mean", "kid")}
+    out.update({f"acc.{c}": a for c, a in scored["accuracy"].items()})
+    return out
+
+
+@flow(name="lethe-unlearn-request", log_prints=True)
+def unlearn_request(ctx: Context, request: Request) -> dict:
+    """One deletion request; returns the step's report. The request ends done (promoted) or failed."""
+    params = ctx.params
+    parent = ctx.registry.production()
+    forgotten_before = forgotten_of(parent)
+    if request.concept in forgotten_before:
+        raise ValueError(f"{request.concept} is already forgotten by production version {parent.version}")
+    if request.anchor in forgotten_before:
+        raise ValueError(f"anchor {request.anchor} is forgotten by production version {parent.version}")
+    generator, teacher = ctx.registry.load(parent.version)
+    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before, params)
+    forget_ref, retain_ref = version_replay_sets(ctx.store, request.id, request.attempts, replay.forget_tensors(),
+                                                 replay.retain_tensors())
+    trained = train_adapter_task(generator, teacher, replay.forget_images, replay.retain_images,
+                                 replay.retain_labels, request.concept, replay.anchor, params,
+                                 label=f"request-{request.id}:{request.concept}->{replay.anchor}")
+    forgotten_after = forgotten_before + [request.concept]
+    parent_images, parent_labels = samples_of(ctx, parent.version)
+    before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, params)
+    images, labels = generate_samples_task(generator, trained.stack, params)
+    after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, params)
+    reasons = check_gates(after, before, params["gates"])
+    adapter_sha = trained.stack.sha256(trained.new_indices)
+    tags = {
+        "kind": "unlearning-step", "request_id": request.id, "request_note": request.note[:500],
+        "concept": request.concept, "anchor": replay.anchor, "parent_version": parent.version,
+        "forgotten": ",".join(forgotten_after), "forget_md5": forget_ref.md5, "retain_md5": retain_ref.md5,
+        "forget_path": forget_ref.path, "retain_path": retain_ref.path, "adapter_sha256": adapter_sha,
+        "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
+        "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
+    }
+    metrics = summary_metrics(after)
+    metrics.update({"before.forget_acc": before["accuracy"][request.concept],
+                    "before.retain_acc_mean": before["retain_acc_mean"], "before.kid": before["kid"],
+                    "trainable_params": trained.trainable_params, "train_seconds": trained.seconds})
+    description = (f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
+                   f"{parent.version}. Forget accuracy {before['accuracy'][request.concept]:.3f} -> "
+                   f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
+                   f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
+        version = register_version_task(
+            ctx.registry, generator_dir=ctx.registry.workspace.model_cache / f"v{parent.version}" / "artifacts"
+            / "generator", adapters=trained.stack, sampling=params["sampling"],
+            run_name=f"request-{request.id}-{request.concept}",
+            params={"adapter": params["adapter"], "train": params["train"], "distill": params["distill"],
+                    "gates": params["gates"]},
+            metrics=metrics, tags=tags, description=description, files=files)
+    ctx.cache.put(version, after["eval_key"], images, labels)
+    if reasons:
+        ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=replay.anchor)
+    else:
+        promote_task(ctx.registry, version)
+        ctx.queue.complete(request.id, version, anchor=replay.anchor)
+    report = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
+              "parent_version": parent.version, "promoted": not reasons, "reasons": reasons,
+              "forget_acc_before": before["accuracy"][request.concept],
+              "forget_acc_after": after["accuracy"][request.concept],
+              "retain_acc_before": before["retain_acc_mean"], "retain_acc_after": after["retain_acc_mean"],
+              "kid_before": before["kid"], "kid_after": after["kid"],
+              "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
+              "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
+    print(format_report(report))
+    return report
+
+
+def format_report(r: dict) -> str:
+    verdict = "promoted to production" if r["promoted"] else "REJECTED: " + "; ".join(r["reasons"])
+    lines = [f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
+             f"(parent {r['parent_version']}), {verdict}",
+             f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}",
+             f"  retained concepts, mean accuracy: {r['retain_acc_before']:.3f} -> {r['retain_acc_after']:.3f}; "
+             f"KID {r['kid_before']:.4f} -> {r['kid_after']:.4f}"]
+    if r["earlier_forgotten_after"]:
+        lines.append("  earlier forgotten, accuracy now: "
+                     + ", ".join(f"{c} {a:.3f}" for c, a in r["earlier_forgotten_after"].items()))
+    return "\n".join(lines)
+
+
+@flow(name="lethe-process-queue", log_prints=True)
+def process_queue(limit: int | None = None, workspace: str | None = None, params_file: str | None = None) -> list:
+    """Drain pending requests in order (at most `limit`), one at a time; the nightly deployment runs this."""
+    configure_torch()
+    ctx = Context.open(workspace, params_file)
+    logger = get_run_logger()
+    reports = []
+    with batch_lock(ctx.workspace.lock):
+        recovered = ctx.queue.recover()
+        if recovered:
+            logger.warning("requests %s were interrupted by an earlier crash and are pending again", recovered)
+        ensure_base(ctx)
+        while limit is None or len(reports) < limit:
+            request = ctx.queue.claim_next()
+            if request is None:
+                break
+            try:
+                reports.append(unlearn_request(ctx, request))
+            except Exception as error:  # a bad step fails its request; the batch and production go on
+                logger.error("request %s failed:\n%s", request.id, traceback.format_exc())
+                ctx.queue.fail(request.id, f"error: {type(error).__name__}: {error}")
+                reports.append({"request_id": request.id, "concept": request.concept, "promoted": False,
+                                "reasons": [f"error: {error}"]})
+    return reports

@@ -1,0 +1,111 @@
+"""The frozen base generator: a class-conditional diffusers UNet with its noise schedule.
+
+Saved and loaded as a diffusers-style folder (`unet/`, `scheduler/`, plus `lethe.json` naming the concepts),
+so the weights are plain safetensors and the architecture is config, not code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from torch import nn
+
+from models.adapter_stack import AdapterStack
+
+META_NAME = "lethe.json"
+
+
+def build_unet(image_size: int, channels: int, num_concepts: int, block_channels=(32, 64, 64),
+               layers_per_block: int = 1, norm_groups: int = 8) -> UNet2DModel:
+    """A small class-conditional UNet without attention; class `num_concepts` is the null class."""
+    depth = len(block_channels)
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(block_channels), layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * depth, up_block_types=("UpBlock2D",) * depth,
+        add_attention=False, num_class_embeds=num_concepts + 1, norm_num_groups=norm_groups,
+    )
+
+
+def build_scheduler(train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2") -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, clip_sample=True,
+                         prediction_type="epsilon")
+
+
+class Generator(nn.Module):
+    """UNet + scheduler + concept names. `predict_noise` runs the UNet with an optional adapter stack."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, concepts: list[str]):
+        super().__init__()
+        if unet.config.num_class_embeds != len(concepts) + 1:
+            raise ValueError(f"UNet has {unet.config.num_class_embeds} class embeddings, expected "
+                             f"{len(concepts) + 1} for {len(concepts)} concepts plus the null class")
+        self.unet = unet
+        self.scheduler = scheduler
+        self.concepts = list(concepts)
+
+    @property
+    def null_label(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        return (self.unet.config.in_channels, size, size)
+
+    def labels(self, concepts: list[str]) -> list[int]:
+        unknown = [c for c in concepts if c not in self.concepts]
+        if unknown:
+            raise ValueError(f"unknown concepts {unknown}; this generator knows: {', '.join(self.concepts)}")
+        return [self.concepts.index(c) for c in concepts]
+
+    @torch.no_grad()
+    def feature_channels(self, target: str) -> int:
+        """Channels of module `target`'s output, found by one dry forward pass."""
+        modules = dict(self.unet.named_modules())
+        if target not in modules:
+            raise KeyError(f"no module named {target!r} in the UNet")
+        seen = {}
+
+        def remember(module, args, output):
+            seen["shape"] = output.shape  # returns None: the output is left as it is
+
+        handle = modules[target].register_forward_hook(remember)
+        try:
+            x = torch.zeros(1, *self.image_shape, device=self.unet.device)
+            self.unet(x, torch.zeros(1, dtype=torch.long, device=x.device),
+                      class_labels=torch.zeros(1, dtype=torch.long, device=x.device))
+        finally:
+            handle.remove()
+        return int(seen["shape"][1])
+
+    def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                      adapters: AdapterStack | None = None, record: tuple[int, ...] = ()):
+        """Noise prediction and the recorded adapter trajectories ({adapter index: states})."""
+        if adapters is None or len(adapters) == 0:
+            return self.unet(x, t, class_labels=labels).sample, {}
+        with adapters.attached(self.unet, record) as trajectories:
+            eps = self.unet(x, t, class_labels=labels).sample
+        return eps, trajectories
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(folder / "scheduler")
+        (folder / META_NAME).write_text(json.dumps({"concepts": self.concepts}, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Generator":
+        folder = Path(folder)
+        if not (folder / META_NAME).is_file():
+            raise FileNotFoundError(f"{folder} is not a Lethe generator folder (no {META_NAME}); "
+                                    "expected unet/, scheduler/ and lethe.json")
+        meta = json.loads((folder / META_NAME).read_text())
+        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        generator = cls(unet, scheduler, meta["concepts"])
+        generator.eval().requires_grad_(False)
+        return generator

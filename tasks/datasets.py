@@ -1,0 +1,92 @@
+"""Replay sets versioned with DVC: one folder per request attempt, one .dvc file per set, pushed to a remote.
+
+The workspace's `datasets/` folder is a DVC repository without git (`dvc init --no-scm`): .dvc files are
+never overwritten (a retried request gets a new attempt folder), so every hash recorded in MLflow stays
+restorable with `dvc pull`, byte for byte, from the remote (a local folder by default, S3 by configuration).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+import yaml
+from safetensors.torch import load_file, save_file
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REMOTE_NAME = "storage"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A versioned set: its path in the DVC repository, its .dvc file and the content hash."""
+
+    path: Path
+    dvc_file: Path
+    md5: str
+    size: int
+
+    def to_tags(self, prefix: str) -> dict[str, str]:
+        return {f"{prefix}_md5": self.md5, f"{prefix}_path": str(self.path), f"{prefix}_size": str(self.size)}
+
+
+class DatasetStore:
+    def __init__(self, root: str | Path, remote: str):
+        self.root = Path(root)
+        self.remote = remote
+
+    def _repo(self):
+        from dvc.repo import Repo
+
+        if not (self.root / ".dvc").is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            Repo.init(str(self.root), no_scm=True).close()
+        repo = Repo(str(self.root))
+        with repo.config.edit() as conf:  # idempotent: keeps the remote in line with the workspace settings
+            conf["core"]["analytics"] = False
+            conf["core"]["check_update"] = False
+            conf["core"]["remote"] = REMOTE_NAME
+            conf["remote"][REMOTE_NAME] = {"url": self.remote}
+        return repo
+
+    def folder(self, request_id: int, attempt: int) -> Path:
+        return self.root / f"request-{request_id:05d}" / f"attempt-{attempt}"
+
+    def save(self, request_id: int, attempt: int, name: str, tensors: dict[str, torch.Tensor]) -> DatasetRef:
+        """Write a set atomically, `dvc add` it and push it to the remote."""
+        folder = self.folder(request_id, attempt)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        tmp.replace(path)
+        with self._repo() as repo:
+            repo.add([str(path)])
+            repo.push(targets=[str(path)])
+        return self.ref(path)
+
+    def ref(self, path: Path) -> DatasetRef:
+        dvc_file = path.with_name(path.name + ".dvc")
+        out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+        return DatasetRef(path, dvc_file, out["md5"], int(out["size"]))
+
+    def restore(self, path: Path) -> Path:
+        """Bring a set back from the remote (after the file or the cache was lost)."""
+        with self._repo() as repo:
+            repo.pull(targets=[str(path)], force=True)
+        return path
+
+    def load(self, path: Path) -> dict[str, torch.Tensor]:
+        if not path.is_file():
+            self.restore(path)
+        return load_file(path)
+
+
+@task(name="version-replay-sets", cache_policy=NO_CACHE)
+def version_replay_sets(store: DatasetStore, request_id: int, attempt: int, forget: dict, retain: dict):
+    """Both sets of a request, each `dvc add`-ed and pushed; returns (forget ref, retain ref)."""
+    return store.save(request_id, attempt, "forget", forget), store.save(request_id, attempt, "retain", retain)

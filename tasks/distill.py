@@ -1,0 +1,61 @@
+"""Distill: the teacher (the production model) renders the forget set and the retain set of a request.
+
+The retain set covers every concept except the one being forgotten, including concepts forgotten earlier:
+the teacher renders those as their anchors, so distilling onto them keeps them forgotten. When no anchor is
+given, it is the retained concept the judge most often sees in the teacher's samples of the concept (the
+nearest retained concept under the teacher).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.adapter_stack import AdapterStack
+from models.generator import Generator
+from models.judge import Judge
+from models.sampler import sample
+
+
+@dataclass
+class ReplaySets:
+    forget_images: torch.Tensor
+    retain_images: torch.Tensor
+    retain_labels: torch.Tensor
+    anchor: str
+
+    def forget_tensors(self) -> dict[str, torch.Tensor]:
+        return {"images": self.forget_images}
+
+    def retain_tensors(self) -> dict[str, torch.Tensor]:
+        return {"images": self.retain_images, "labels": self.retain_labels}
+
+
+def nearest_retained(judge: Judge, images: torch.Tensor, candidates: list[str]) -> str:
+    """The candidate with the highest mean judge probability on `images`."""
+    with torch.no_grad():
+        probs = torch.cat([judge(images[i:i + 512]).softmax(1) for i in range(0, len(images), 512)]).mean(0)
+    scores = {c: float(probs[judge.concepts.index(c)]) for c in candidates}
+    return max(scores, key=scores.get)
+
+
+def distill(generator: Generator, teacher: AdapterStack, judge: Judge, concept: str, anchor: str | None,
+            forgotten: list[str], params: dict, progress=None) -> ReplaySets:
+    """Generate the replay sets; `params` holds the `distill` and `sampling` sections."""
+    n, seed = params["distill"]["replay_per_concept"], params["distill"]["seed"]
+    steps, batch = params["sampling"]["steps"], params["sampling"]["batch_size"]
+    forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, params["sampling"]["guidance"], batch)
+    if anchor is None:
+        candidates = [c for c in generator.concepts if c != concept and c not in forgotten]
+        if not candidates:
+            raise ValueError("no retained concept is left to serve as an anchor")
+        anchor = nearest_retained(judge, forget_images, candidates)
+    retained = [c for c in generator.concepts if c != concept]
+    retain_images, retain_labels = sample(generator, retained, n, seed, steps, teacher,
+                                          params["sampling"]["guidance"], batch, progress=progress)
+    return ReplaySets(forget_images, retain_images, retain_labels, anchor)
+
+
+distill_task = task(distill, name="distill-replay", cache_policy=NO_CACHE)

@@ -1,0 +1,113 @@
+"""Evaluate: how often the judge names each concept in the model's samples, plus KID on retained concepts.
+
+Every concept is sampled with the same seeds at every version, so numbers before and after a step compare
+the same starting noise. For a forgotten concept the judged accuracy is its *forget* accuracy (lower is
+better); for the others it is retain accuracy. KID compares judge features of the retained concepts' samples
+with real test images of those concepts (Inception weights cannot be downloaded here).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from safetensors.torch import load_file, save_file
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from models.adapter_stack import AdapterStack
+from models.generator import Generator
+from models.judge import Judge, JudgeFeatures
+from models.sampler import sample
+from tasks.runtime import pick_device
+
+
+def eval_key(params: dict) -> str:
+    """Evaluations are comparable only under the same sampling and eval settings; this names them."""
+    relevant = {"eval": {k: v for k, v in params["eval"].items() if k != "device"}, "sampling": params["sampling"]}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int, device) -> float:
+    size = min(subset, len(real), len(fake))
+    metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subset_size=size, subsets=50).to(device)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # KID draws random subsets: fix them so equal inputs give equal scores
+    metric.update(real.to(device), real=True)
+    metric.update(fake.to(device), real=False)
+    mean, _ = metric.compute()
+    torch.random.set_rng_state(generator_state)
+    return float(mean)
+
+
+def generate_samples(generator: Generator, adapters: AdapterStack | None, params: dict, progress=None):
+    """The expensive half: every concept sampled with the eval seed (on CUDA when available)."""
+    ev, sp = params["eval"], params["sampling"]
+    device = pick_device(ev.get("device", "auto"))
+    modules = [m for m in (generator, adapters) if m is not None]
+    for m in modules:
+        m.to(device)
+    try:
+        return sample(generator, generator.concepts, ev["samples_per_concept"], ev["seed"], sp["steps"], adapters,
+                      sp["guidance"], sp["batch_size"], device, progress)
+    finally:
+        for m in modules:
+            m.to("cpu")
+
+
+def score(images: torch.Tensor, labels: torch.Tensor, judge: Judge, forgotten: list[str],
+          real_images: torch.Tensor, real_labels: torch.Tensor, params: dict) -> dict:
+    """The cheap half: judged accuracy per concept, forget/retain summaries and KID for a forgotten list."""
+    device = pick_device(params["eval"].get("device", "auto"))
+    concepts = judge.concepts
+    judge.to(device)
+    try:
+        predicted = judge.classify(images)
+        accuracy = {c: float((predicted[labels == i] == i).float().mean()) for i, c in enumerate(concepts)
+                    if (labels == i).any()}
+        retained = [c for c in accuracy if c not in forgotten]
+        retained_ids = torch.tensor([concepts.index(c) for c in retained])
+        kid = kid_score(judge, real_images[torch.isin(real_labels, retained_ids)],
+                        images[torch.isin(labels, retained_ids)], params["eval"]["kid_subset"], device)
+    finally:
+        judge.to("cpu")
+    forget_accs = [accuracy[c] for c in forgotten]
+    return {
+        "accuracy": accuracy,
+        "forgotten": list(forgotten),
+        "forget_acc_max": max(forget_accs) if forget_accs else 0.0,
+        "forget_acc_mean": sum(forget_accs) / len(forget_accs) if forget_accs else 0.0,
+        "retain_acc_mean": sum(accuracy[c] for c in retained) / len(retained),
+        "kid": kid,
+        "samples_per_concept": params["eval"]["samples_per_concept"],
+        "eval_key": eval_key(params),
+    }
+
+
+class EvalCache:
+    """Evaluation samples of registered versions, so a parent is not re-sampled for every child."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, version: str, key: str) -> Path:
+        return self.folder / f"v{version}-{key}.safetensors"
+
+    def get(self, version: str, key: str):
+        path = self._path(version, key)
+        if not path.is_file():
+            return None
+        tensors = load_file(path)
+        return tensors["images"], tensors["labels"]
+
+    def put(self, version: str, key: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(version, key).with_suffix(".tmp")
+        save_file({"images": images.contiguous(), "labels": labels.contiguous()}, tmp)
+        tmp.replace(self._path(version, key))
+
+
+generate_samples_task = task(generate_samples, name="sample-for-eval", cache_policy=NO_CACHE)
+score_task = task(score, name="score", cache_policy=NO_CACHE)

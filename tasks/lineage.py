@@ -1,0 +1,56 @@
+"""Lineage: the registered versions as rows (for a table, or JSON for scripts)."""
+from __future__ import annotations
+
+from tasks.registry import PRODUCTION, Registry
+from tasks.settings import Workspace, load_params
+
+KEY_METRICS = ("forget_acc_max", "retain_acc_mean", "kid", "before.forget_acc", "before.retain_acc_mean")
+
+
+def status_of(version) -> str:
+    if PRODUCTION in version.aliases:
+        return "production"
+    if version.tags.get("kind") == "base":
+        return "base"
+    return {"failed": "rejected", "passed": "superseded"}.get(version.tags.get("gate"), "incomplete")
+
+
+def lineage(registry: Registry | None = None) -> list[dict]:
+    registry = registry or Registry(Workspace.resolve(), load_params()["registry"]["model_name"])
+    rows = []
+    for v in registry.versions():
+        metrics = registry.client.get_run(v.run_id).data.metrics if v.run_id else {}
+        tags = dict(v.tags)
+        rows.append({
+            "version": v.version,
+            "request_id": int(tags["request_id"]) if tags.get("request_id") else None,
+            "concept": tags.get("concept"),
+            "anchor": tags.get("anchor"),
+            "parent_version": tags.get("parent_version") or None,
+            "aliases": list(v.aliases),
+            "status": status_of(v),
+            "gate_reasons": tags.get("gate_reasons", ""),
+            "forgotten": [c for c in tags.get("forgotten", "").split(",") if c],
+            "metrics": dict(metrics),
+            "tags": tags,
+            "run_id": v.run_id,
+            "created": v.creation_timestamp,
+        })
+    return rows
+
+
+def format_lineage(rows: list[dict]) -> str:
+    header = (f"{'version':>7}  {'request':>7}  {'concept':<10} {'anchor':<10} {'parent':>6}  "
+              f"{'forget':>6} {'retain':>6} {'kid':>7}  {'status':<11} aliases")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"{r['version']:>7}  {r['request_id'] or '-':>7}  {r['concept'] or '(base)':<10} {r['anchor'] or '-':<10} "
+            f"{r['parent_version'] or '-':>6}  {m.get('forget_acc_max', 0):>6.3f} {m.get('retain_acc_mean', 0):>6.3f} "
+            f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}")
+        if r["gate_reasons"]:
+            lines.append(f"{'':>9}rejected: {r['gate_reasons']}")
+    lines.append("forget = worst judged accuracy over every concept forgotten so far (lower is better); "
+                 "retain = mean over retained concepts")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The durable queue of deletion requests (SQLite): pending -> running -> done | failed.
+
+Requests are taken strictly in id order, one at a time, and every transition is one transaction, so a crash
+leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
+before a new batch starts. Invalid requests are refused when they are added, with the reason.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STATES = (PENDING, RUNNING, DONE, FAILED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    concept TEXT NOT NULL,
+    anchor TEXT,
+    note TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    version TEXT,
+    reasons TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS requests_state ON requests (state, id);
+"""
+
+
+class RequestRefused(ValueError):
+    """A request that must not enter the queue; the message says why."""
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the queue's state machine does not allow."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    concept: str
+    anchor: str | None
+    note: str
+    state: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    version: str | None
+    reasons: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RequestQueue:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self):
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    @staticmethod
+    def _row(row) -> Request:
+        return Request(**{k: row[k] for k in row.keys()})
+
+    def add(self, concept: str, anchor: str | None = None, note: str = "",
+            known: Iterable[str] = (), forgotten: Iterable[str] = ()) -> Request:
+        """Enqueue a request after checking it against the known and already-forgotten concepts."""
+        known, forgotten = list(known), set(forgotten)
+        if known and concept not in known:
+            raise RequestRefused(f"unknown concept {concept!r}; known concepts: {', '.join(known)}")
+        if anchor is not None:
+            if anchor == concept:
+                raise RequestRefused(f"the anchor must differ from the concept ({concept!r} -> {anchor!r})")
+            if known and anchor not in known:
+                raise RequestRefused(f"unknown anchor {anchor!r}; known concepts: {', '.join(known)}")
+            if anchor in forgotten:
+                raise RequestRefused(f"anchor {anchor!r} has been forgotten already; pick a retained concept")
+        with self._transaction() as db:
+            if concept in forgotten or db.execute("SELECT 1 FROM requests WHERE concept = ? AND state = ?",
+                                                  (concept, DONE)).fetchone():
+                raise RequestRefused(f"concept {concept!r} is already forgotten by the production model")
+            open_request = db.execute("SELECT id FROM requests WHERE concept = ? AND state IN (?, ?)",
+                                      (concept, PENDING, RUNNING)).fetchone()
+            if open_request:
+                raise RequestRefused(f"concept {concept!r} is already queued as request {open_request['id']}")
+            cursor = db.execute("INSERT INTO requests (concept, anchor, note, created_at) VALUES (?, ?, ?, ?)",
+                                (concept, anchor, note, _now()))
+            return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
+
+    def get(self, request_id: int) -> Request:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no request with id {request_id}")
+        return self._row(row)
+
+    def list(self, states: Iterable[str] | None = None) -> list[Request]:
+        states = tuple(states or STATES)
+        marks = ",".join("?" * len(states))
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT * FROM requests WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [self._row(r) for r in rows]
+
+    def forgotten(self) -> list[str]:
+        return [r.concept for r in self.list([DONE])]
+
+    def claim_next(self) -> Request | None:
+        """Move the oldest pending request to running and return it (None when nothing is pending)."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM requests WHERE state = ?", (RUNNING,)).fetchone():
+                raise InvalidTransition("a request is already running; run recover() after a crash")
+            row = db.execute("SELECT * FROM requests WHERE state = ? ORDER BY id LIMIT 1", (PENDING,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE requests SET state = ?, started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                       (RUNNING, _now(), row["id"]))
+            return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (row["id"],)).fetchone())
+
+    def _finish(self, request_id: int, state: str, version: str | None, reasons: str, anchor: str | None) -> Request:
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no request with id {request_id}")
+            if row["state"] != RUNNING:
+                raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
+            db.execute("UPDATE requests SET state = ?, finished_at = ?, version = ?, reasons = ?, "
+                       "anchor = COALESCE(?, anchor) WHERE id = ?",
+                       (state, _now(), version, reasons, anchor, request_id))
+        return self.get(request_id)
+
+    def complete(self, request_id: int, version: str, anchor: str | None = None) -> Request:
+        return self._finish(request_id, DONE, version, "", anchor)
+
+    def fail(self, request_id: int, reasons: str, version: str | None = None, anchor: str | None = None) -> Request:
+        return self._finish(request_id, FAILED, version, reasons, anchor)
+
+    def recover(self) -> list[int]:
+        """Put requests left `running` by a crashed batch back to pending; returns their ids."""
+        with self._transaction() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM requests WHERE state = ?", (RUNNING,))]
+            db.execute("UPDATE requests SET state = ?, started_at = NULL WHERE state = ?", (PENDING, RUNNING))
+        return ids

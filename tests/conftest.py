@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny untrained generator folder, small params, an isolated workspace."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+torch.set_flush_denormal(True)
+
+from models.concepts import CONCEPTS  # noqa: E402
+from models.generator import Generator, build_scheduler, build_unet  # noqa: E402
+from tasks.settings import PROJECT_ROOT, load_params  # noqa: E402
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    unet = build_unet(16, 1, len(CONCEPTS), block_channels=(16, 32), layers_per_block=1, norm_groups=8)
+    return Generator(unet, build_scheduler(100), list(CONCEPTS)).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory) -> Path:
+    return tiny_generator().save(tmp_path_factory.mktemp("tiny-generator"))
+
+
+def small_params(**overrides) -> dict:
+    """params.yaml with budgets cut to seconds; `overrides` replaces whole sections."""
+    params = copy.deepcopy(load_params(PROJECT_ROOT / "params.yaml"))
+    params["sampling"].update(steps=4, batch_size=256)
+    params["distill"].update(replay_per_concept=4)
+    params["train"].update(steps=6, batch_size=8)
+    params["eval"].update(samples_per_concept=4, kid_subset=10, device="cpu")
+    params["adapter"].update(targets=["mid_block"])
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    def write(params: dict) -> Path:
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from models.ode_adapter import ODEAdapter, ODEConfig
+
+
+def test_new_adapter_is_exactly_the_identity():
+    adapter = ODEAdapter(16, ODEConfig(hidden=4))
+    h = torch.randn(3, 16, 4, 4)
+    assert torch.equal(adapter(h), h)
+
+
+def test_intensity_zero_is_the_identity_even_after_training():
+    adapter = ODEAdapter(16)
+    torch.nn.init.normal_(adapter.field.outer.weight)
+    h = torch.randn(2, 16, 4, 4)
+    assert not torch.allclose(adapter(h), h)
+    assert torch.equal(adapter(h, intensity=0.0), h)
+
+
+@pytest.mark.parametrize("horizon,step,states", [(1.0, 0.25, 5), (1.0, 0.5, 3), (2.0, 0.5, 5), (1.0, 0.3, 5)])
+def test_trajectory_has_one_state_per_grid_point(horizon, step, states):
+    adapter = ODEAdapter(8, ODEConfig(horizon=horizon, step_size=step))
+    h = torch.randn(2, 8, 4, 4)
+    path = adapter.trajectory(h)
+    assert path.shape == (states, *h.shape)
+    assert len(adapter.grid()) == states
+    assert torch.equal(path[0], h)
+
+
+def test_intensity_scales_the_horizon_not_the_number_of_states():
+    adapter = ODEAdapter(8, ODEConfig(horizon=2.0, step_size=0.5))
+    assert adapter.grid(0.5).tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_trained_field_moves_features_monotonically_with_intensity():
+    adapter = ODEAdapter(8)
+    torch.nn.init.constant_(adapter.field.outer.bias, 1.0)  # constant field: h(T) = h + s * T
+    h = torch.zeros(1, 8, 2, 2)
+    assert adapter(h, 0.5).mean().item() == pytest.approx(0.5, abs=1e-5)
+    assert adapter(h, 1.0).mean().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [dict(solver="dopri5"), dict(horizon=0), dict(step_size=-1), dict(hidden=0)])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        ODEConfig(**bad)
