@@ -82,7 +82,7 @@ def cmd_request_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from flows.unlearn import process_queue
+    from flows.unlearn import format_report, process_queue
     from tasks.batch_lock import BatchAlreadyRunning
 
     try:
@@ -90,6 +90,11 @@ def cmd_run(args) -> int:
     except BatchAlreadyRunning as busy:
         print(f"not started: {busy}", file=sys.stderr)
         return 3
+    for report in reports:
+        if "version" in report:
+            print(format_report(report))
+        else:
+            print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
     print(f"processed {len(reports)} request(s): "
           f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed")
     return 0

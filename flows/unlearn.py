@@ -139,7 +139,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     adapter_sha = trained.stack.sha256(trained.new_indices)
     tags = {
         "kind": "unlearning-step", "request_id": request.id, "request_note": request.note[:500],
-        "concept": request.concept, "anchor": replay.anchor, "parent_version": parent.version,
+        "concept": request.concept, "anchor": replay.anchor, "parent_version": str(parent.version),
         "forgotten": ",".join(forgotten_after), "forget_md5": forget_ref.md5, "retain_md5": retain_ref.md5,
         "forget_path": forget_ref.path, "retain_path": retain_ref.path, "adapter_sha256": adapter_sha,
         "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
@@ -169,14 +169,14 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         promote_task(ctx.registry, version)
         ctx.queue.complete(request.id, version, anchor=replay.anchor)
     report = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
-              "parent_version": parent.version, "promoted": not reasons, "reasons": reasons,
+              "parent_version": str(parent.version), "promoted": not reasons, "reasons": reasons,
               "forget_acc_before": before["accuracy"][request.concept],
               "forget_acc_after": after["accuracy"][request.concept],
               "retain_acc_before": before["retain_acc_mean"], "retain_acc_after": after["retain_acc_mean"],
               "kid_before": before["kid"], "kid_after": after["kid"],
               "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
               "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
-    print(format_report(report))
+    get_run_logger().info(format_report(report))
     return report
 
 

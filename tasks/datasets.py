@@ -6,6 +6,7 @@ restorable with `dvc pull`, byte for byte, from the remote (a local folder by de
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class DatasetStore:
     def _repo(self):
         from dvc.repo import Repo
 
+        logging.getLogger("dvc").setLevel(logging.WARNING)  # no "Initialized DVC repository" chatter per request
         if not (self.root / ".dvc").is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
             Repo.init(str(self.root), no_scm=True).close()

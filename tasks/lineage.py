@@ -7,8 +7,8 @@ from tasks.settings import Workspace, load_params
 KEY_METRICS = ("forget_acc_max", "retain_acc_mean", "kid", "before.forget_acc", "before.retain_acc_mean")
 
 
-def status_of(version) -> str:
-    if PRODUCTION in version.aliases:
+def status_of(version, aliases: list[str]) -> str:
+    if PRODUCTION in aliases:
         return "production"
     if version.tags.get("kind") == "base":
         return "base"
@@ -17,18 +17,20 @@ def status_of(version) -> str:
 
 def lineage(registry: Registry | None = None) -> list[dict]:
     registry = registry or Registry(Workspace.resolve(), load_params()["registry"]["model_name"])
+    alias_map = registry.client.get_registered_model(registry.model_name).aliases  # alias -> version
     rows = []
     for v in registry.versions():
+        aliases = sorted(a for a, n in alias_map.items() if str(n) == str(v.version))
         metrics = registry.client.get_run(v.run_id).data.metrics if v.run_id else {}
         tags = dict(v.tags)
         rows.append({
-            "version": v.version,
+            "version": str(v.version),
             "request_id": int(tags["request_id"]) if tags.get("request_id") else None,
             "concept": tags.get("concept"),
             "anchor": tags.get("anchor"),
             "parent_version": tags.get("parent_version") or None,
-            "aliases": list(v.aliases),
-            "status": status_of(v),
+            "aliases": aliases,
+            "status": status_of(v, aliases),
             "gate_reasons": tags.get("gate_reasons", ""),
             "forgotten": [c for c in tags.get("forgotten", "").split(",") if c],
             "metrics": dict(metrics),

@@ -96,6 +96,7 @@ class Registry:
         """Log a run with the model and create a registry version carrying `tags`; returns the version."""
         with tempfile.TemporaryDirectory() as tmp:
             adapters_dir = adapters.save(Path(tmp) / "adapters")
+            generator_copy = shutil.copytree(generator_dir, Path(tmp) / "generator")  # artefacts keep their names
             sampling_file = Path(tmp) / "sampling.json"
             sampling_file.write_text(json.dumps(sampling))
             with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
@@ -106,7 +107,7 @@ class Registry:
                     mlflow.log_artifact(str(path), artifact_path=name)
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=LetheModel(),
-                    artifacts={"generator": str(generator_dir), "adapters": str(adapters_dir),
+                    artifacts={"generator": str(generator_copy), "adapters": str(adapters_dir),
                                "sampling": str(sampling_file)},
                     code_paths=[str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "tasks")],
                     pip_requirements=PIP_REQUIREMENTS)

@@ -38,7 +38,9 @@ class Workspace:
 
     @property
     def mlflow_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+        """LETHE_MLFLOW_URI (e.g. an MLflow server) or a SQLite store in the workspace. Not MLFLOW_TRACKING_URI:
+        mlflow.set_tracking_uri() writes that variable, so it would carry one workspace's store into the next."""
+        return os.environ.get("LETHE_MLFLOW_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:

@@ -14,6 +14,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 torch.set_flush_denormal(True)
 
+# Prefect and DVC bind their log handlers to sys.stdout/stderr when first imported: import them now, on the
+# session's streams, not inside a test whose capsys stream is closed after it.
+import dvc.repo  # noqa: E402,F401
+import flows.unlearn  # noqa: E402,F401
 from models.concepts import CONCEPTS  # noqa: E402
 from models.generator import Generator, build_scheduler, build_unet  # noqa: E402
 from tasks.settings import PROJECT_ROOT, load_params  # noqa: E402
