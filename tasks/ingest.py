@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+import yaml
+
 from tasks.settings import PROJECT_ROOT
 
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -50,15 +52,28 @@ def _copy(src: Path, dst: Path) -> None:
         tmp.replace(dst)
 
 
+def recorded_hash(root: Path) -> str:
+    return yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+
+
 def verify(root: Path = PROJECT_ROOT) -> None:
-    """Raise if data/ differs from the hash recorded in data.dvc."""
+    """Raise if data/ differs from the hash recorded in data.dvc.
+
+    DVC hashes the folder as `dvc add` would (which also fills the local cache, so `dvc push` works); if the
+    hash is not the recorded one, data.dvc is put back as it was and nothing downstream runs.
+    """
     from dvc.repo import Repo
 
+    recorded = (root / "data.dvc").read_text()
+    expected = recorded_hash(root)
     with Repo(str(root)) as repo:
-        changed = repo.status(targets=[str(root / "data.dvc")])
-    if changed:
-        raise RuntimeError(f"data/ does not match data.dvc: {changed}. The packaged data sets differ from the "
-                           "ones this project was built on; reinstall them or re-run `dvc add data` on purpose.")
+        repo.add([str(root / "data")])
+    found = recorded_hash(root)
+    if found != expected:
+        (root / "data.dvc").write_text(recorded)
+        raise RuntimeError(f"data/ does not match data.dvc (found {found}, expected {expected}). The packaged data "
+                           "sets differ from the ones this project was built on; reinstall them, or run "
+                           "`dvc add data` on purpose and retrain.")
 
 
 def ingest(root: Path = PROJECT_ROOT, check: bool = True) -> Path:

@@ -1,0 +1,45 @@
+# The two commands of the quick start are `make demo` and `make test`; the rest are their steps.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: demo test install system-data data models lint-layers clean-workspace
+
+demo: models                      ## install, verify data and models, run the demo requests, print the lineage
+	$(BIN)/lethe demo
+
+test: data lint-layers            ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+system-data:                      ## Fashion-MNIST ships as a Debian package
+	@if [ ! -f $(FASHION) ]; then \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+data: install system-data         ## copy the raw data into data/ and verify it against data.dvc; prepare tensors
+	$(BIN)/python -m tasks.ingest
+	$(BIN)/dvc repro -q prepare
+
+models: data                      ## base generator and judge: checked against dvc.lock, retrained only if stale
+	$(BIN)/dvc repro -q
+	@$(BIN)/dvc status
+
+lint-layers:
+	@if [ -f ../shared/tools/layers.py ]; then $(BIN)/python ../shared/tools/layers.py .; fi
+
+clean-workspace:                  ## forget every run-time state (queue, registry, datasets); keeps the models
+	rm -rf workspace

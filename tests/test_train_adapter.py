@@ -1,0 +1,29 @@
+import torch
+
+from models.adapter_stack import AdapterStack
+from models.ode_adapter import ODEAdapter
+from tasks.train_adapter import train_adapter
+from tests.conftest import small_params, tiny_generator
+
+
+def test_training_adds_one_adapter_per_target_and_keeps_everything_else_frozen():
+    generator = tiny_generator()
+    base_state = {k: v.clone() for k, v in generator.state_dict().items()}
+    teacher = AdapterStack()
+    old = ODEAdapter(generator.feature_channels("mid_block"))
+    torch.nn.init.normal_(old.field.outer.weight, std=0.1)
+    teacher.add("mid_block", old)
+    teacher_hash = teacher.sha256()
+    params = small_params()
+    params["adapter"]["targets"] = ["mid_block", "up_blocks.0"]
+    forget = torch.rand(6, 1, 16, 16) * 2 - 1
+    retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
+    result = train_adapter(generator, teacher, forget, retain, labels, "trouser", "dress", params, label="r1")
+    assert len(result.stack) == 3 and result.new_indices == [1, 2]
+    assert [s.target for s in result.stack.slots] == ["mid_block", "mid_block", "up_blocks.0"]
+    assert result.stack.sha256([0]) == teacher_hash == teacher.sha256()  # earlier adapters untouched
+    assert all(torch.equal(v, base_state[k]) for k, v in generator.state_dict().items())  # base untouched
+    assert result.stack.sha256([1, 2]) != AdapterStack().sha256()
+    assert result.trainable_params == sum(p.numel() for i in (1, 2) for p in result.stack.adapters[i].parameters())
+    assert result.stack.trainable_parameters() == 0  # frozen once trained
+    assert len(result.history) >= 1 and {"forget", "retain", "smooth", "start"} <= set(result.history[-1])
