@@ -81,7 +81,7 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
         loss.backward()
         optimiser.step()
         if step % 25 == 0 or step == train["steps"]:
-            history.append({"step": step, **{k: round(float(v), 5) for k, v in losses.items()}})
+            history.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
             if progress:
                 progress(step, train["steps"], history[-1])
     student.freeze()
