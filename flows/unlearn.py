@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 from models.generator import Generator  # noqa: E402
 from models.judge import Judge  # noqa: E402
+from flows.progress import reporter  # noqa: E402
 from tasks.batch_lock import batch_lock  # noqa: E402
 from tasks.datasets import DatasetStore, version_replay_sets  # noqa: E402
 from tasks.distill import distill_task  # noqa: E402
@@ -68,7 +69,7 @@ def samples_of(ctx: Context, version: str, generator=None, adapters=None):
         return cached
     if generator is None:
         generator, adapters = ctx.registry.load(version)
-    images, labels = generate_samples_task(generator, adapters, ctx.params)
+    images, labels = generate_samples_task(generator, adapters, ctx.params, reporter(f"evaluate version {version}"))
     ctx.cache.put(version, key, images, labels)
     return images, labels
 
@@ -92,7 +93,7 @@ def ensure_base(ctx: Context) -> str:
     base_dir = project_path(ctx.params.get("paths", {}).get("base", "artifacts/base"))
     generator = Generator.from_folder(base_dir)
     adapters = AdapterStack()
-    images, labels = generate_samples_task(generator, adapters, ctx.params)
+    images, labels = generate_samples_task(generator, adapters, ctx.params, reporter("evaluate base"))
     metrics = score_task(images, labels, ctx.judge, [], *ctx.real, ctx.params)
     with tempfile.TemporaryDirectory() as tmp:
         files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
@@ -124,16 +125,19 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     if request.anchor in forgotten_before:
         raise ValueError(f"anchor {request.anchor} is forgotten by production version {parent.version}")
     generator, teacher = ctx.registry.load(parent.version)
-    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before, params)
+    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before, params,
+                          progress=reporter(f"request {request.id}: teacher replay"))
     forget_ref, retain_ref = version_replay_sets(ctx.store, request.id, request.attempts, replay.forget_tensors(),
                                                  replay.retain_tensors())
     trained = train_adapter_task(generator, teacher, replay.forget_images, replay.retain_images,
                                  replay.retain_labels, request.concept, replay.anchor, params,
-                                 label=f"request-{request.id}:{request.concept}->{replay.anchor}")
+                                 label=f"request-{request.id}:{request.concept}->{replay.anchor}",
+                                 progress=reporter(f"request {request.id}: train adapter"))
     forgotten_after = forgotten_before + [request.concept]
     parent_images, parent_labels = samples_of(ctx, parent.version)
     before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, params)
-    images, labels = generate_samples_task(generator, trained.stack, params)
+    images, labels = generate_samples_task(generator, trained.stack, params,
+                                           reporter(f"request {request.id}: evaluate new version"))
     after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, params)
     reasons = check_gates(after, before, params["gates"])
     adapter_sha = trained.stack.sha256(trained.new_indices)

@@ -104,7 +104,7 @@ class Generator(nn.Module):
             raise FileNotFoundError(f"{folder} is not a Lethe generator folder (no {META_NAME}); "
                                     "expected unet/, scheduler/ and lethe.json")
         meta = json.loads((folder / META_NAME).read_text())
-        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
         generator = cls(unet, scheduler, meta["concepts"])
         generator.eval().requires_grad_(False)

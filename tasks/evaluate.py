@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ def eval_key(params: dict) -> str:
 
 def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int, device) -> float:
     size = min(subset, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subset_size=size, subsets=50).to(device)
+    with warnings.catch_warnings():  # "will save all extracted features": a few thousand 128-d vectors here
+        warnings.simplefilter("ignore")
+        metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subset_size=size, subsets=50).to(device)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)  # KID draws random subsets: fix them so equal inputs give equal scores
     metric.update(real.to(device), real=True)

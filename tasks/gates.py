@@ -14,7 +14,7 @@ def check_gates(after: dict, before: dict, gates: dict) -> list[str]:
         reasons.append(f"retained accuracy fell to {ratio:.3f} of the parent's "
                        f"({before['retain_acc_mean']:.3f} -> {after['retain_acc_mean']:.3f}) "
                        f"< {gates['retain_ratio_min']}")
-    if after["kid"] - before["kid"] > gates["kid_max_delta"]:
-        reasons.append(f"KID on retained concepts rose by {after['kid'] - before['kid']:.4f} "
-                       f"({before['kid']:.4f} -> {after['kid']:.4f}) > {gates['kid_max_delta']}")
+    if after["kid"] > gates["kid_max_ratio"] * max(before["kid"], 0.0):
+        reasons.append(f"KID on retained concepts rose from {before['kid']:.4f} to {after['kid']:.4f}, "
+                       f"more than {gates['kid_max_ratio']}x the parent's")
     return reasons

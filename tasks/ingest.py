@@ -7,6 +7,7 @@ different or corrupted copy is caught before anything trains on it.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +65,7 @@ def verify(root: Path = PROJECT_ROOT) -> None:
     """
     from dvc.repo import Repo
 
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     recorded = (root / "data.dvc").read_text()
     expected = recorded_hash(root)
     with Repo(str(root)) as repo:

@@ -47,9 +47,10 @@ def format_lineage(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         m = r["metrics"]
+        forget = f"{m.get('forget_acc_max', 0):>6.3f}" if r["forgotten"] else f"{'-':>6}"
         lines.append(
             f"{r['version']:>7}  {r['request_id'] or '-':>7}  {r['concept'] or '(base)':<10} {r['anchor'] or '-':<10} "
-            f"{r['parent_version'] or '-':>6}  {m.get('forget_acc_max', 0):>6.3f} {m.get('retain_acc_mean', 0):>6.3f} "
+            f"{r['parent_version'] or '-':>6}  {forget} {m.get('retain_acc_mean', 0):>6.3f} "
             f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}")
         if r["gate_reasons"]:
             lines.append(f"{'':>9}rejected: {r['gate_reasons']}")

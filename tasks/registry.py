@@ -8,12 +8,19 @@ complete and its gates passed, so production never points at a half-registered v
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+# LetheModel is pickled by reference to tasks.pyfunc_model, which ships in the model's code/ folder
+logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402

@@ -27,7 +27,7 @@ def setup(tmp_path, tiny_generator_dir, write_params, monkeypatch):
     save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
               prepared / "test.safetensors")
     params = small_params(paths={"base": str(tiny_generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
-    params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_delta": 100.0}
+    params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_ratio": 1e9}
     workspace = tmp_path / "ws"
     monkeypatch.setenv("LETHE_WORKSPACE", str(workspace))
     monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))

@@ -1,0 +1,22 @@
+from tasks.gates import check_gates
+
+GATES = {"forget_acc_max": 0.1, "retain_ratio_min": 0.95, "kid_max_ratio": 1.1}
+
+
+def scored(forgotten, accuracy, retain, kid):
+    return {"forgotten": forgotten, "accuracy": accuracy, "retain_acc_mean": retain, "kid": kid}
+
+
+def test_a_clean_step_passes():
+    before = scored(["bag"], {"bag": 0.9}, 0.80, 100.0)
+    assert check_gates(scored(["bag"], {"bag": 0.05}, 0.79, 105.0), before, GATES) == []
+
+
+def test_each_gate_names_its_reason():
+    before = scored(["bag", "coat"], {"bag": 0.9, "coat": 0.0}, 0.80, 100.0)
+    after = scored(["bag", "coat"], {"bag": 0.3, "coat": 0.2}, 0.70, 120.0)
+    reasons = check_gates(after, before, GATES)
+    assert len(reasons) == 4
+    assert "forget accuracy of bag is 0.300" in reasons[0] and "forget accuracy of coat" in reasons[1]
+    assert "retained accuracy fell to 0.875" in reasons[2]
+    assert "KID" in reasons[3]
