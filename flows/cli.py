@@ -116,6 +116,95 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _registry():
+    from tasks.registry import Registry
+    from tasks.settings import Workspace, load_params
+
+    return Registry(Workspace.resolve(), load_params()["registry"]["model_name"])
+
+
+def cmd_request_retry(args) -> int:
+    from tasks.queue import InvalidTransition, RequestRefused
+
+    try:
+        request = _queue().requeue(args.id)
+    except (InvalidTransition, RequestRefused) as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 2
+    print(f"request {request.id} ({request.concept}) is pending again; `lethe run` processes it")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks.rollback import RollbackRefused, move_production
+    from tasks.settings import load_params
+
+    steps = args.steps if args.steps is not None else (None if args.to else 1)
+    try:
+        result = move_production(_registry(), _queue(), to=args.to, steps=steps,
+                                 reason=args.reason or "", requeue=args.requeue,
+                                 sampling_steps=load_params()["sampling"]["steps"])
+    except RollbackRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"production: version {result['from']} -> version {result['to']} ({result['reason']}, by {result['who']})")
+    if result["undone"]:
+        print(f"  undone versions: {', '.join(result['undone'])}; requests rolled back: "
+              f"{', '.join(map(str, result['requests']['rolled_back'])) or '-'}")
+    if result["redone"]:
+        print(f"  restored versions: {', '.join(result['redone'])}; requests done again: "
+              f"{', '.join(map(str, result['requests']['restored'])) or '-'}")
+    if result["requests"]["requeued"]:
+        print(f"  re-queued requests: {', '.join(map(str, result['requests']['requeued']))}")
+    elif result["requests"]["rolled_back"]:
+        print("  re-queue them with `lethe request retry ID` (or roll back with --requeue)")
+    if result["verified"] is not None:
+        print("  check: production samples " + ("match" if result["verified"] else "DO NOT match")
+              + f" the fingerprint recorded when version {result['to']} was registered")
+    return 0 if result["verified"] is not False else 1
+
+
+def cmd_show(args) -> int:
+    from tasks.lineage import lineage
+    from tasks.settings import Workspace
+
+    rows = {r["version"]: r for r in lineage(_registry())}
+    if args.version not in rows:
+        print(f"error: no version {args.version}; versions: {', '.join(rows)}", file=sys.stderr)
+        return 2
+    row = rows[args.version]
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    version = _registry().version(args.version)
+    print(f"version {row['version']}: {row['status']}{' (' + ', '.join(row['aliases']) + ')' if row['aliases'] else ''}")
+    print(f"  {version.description}")
+    for key in sorted(row["tags"]):
+        print(f"  tag {key} = {row['tags'][key]}")
+    for key in sorted(row["metrics"]):
+        print(f"  metric {key} = {row['metrics'][key]:.4f}")
+    if row["tags"].get("forget_path"):
+        root = Workspace.resolve().dvc_root
+        print("  restore its replay sets (DVC, from the workspace's remote):")
+        for name in ("forget", "retain"):
+            path = Path(row["tags"][f"{name}_path"])
+            print(f"    cd {root} && dvc pull {path.relative_to(root)}    # md5 {row['tags'][f'{name}_md5']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tasks.lineage import lineage
+    from tasks.report import write_report
+
+    registry = _registry()
+    page = write_report(registry, lineage(registry), Path(args.out))
+    print(f"{page} (and index.md beside it)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tasks.queue import RequestRefused
     from tasks.settings import load_params
@@ -151,12 +240,30 @@ def parser() -> argparse.ArgumentParser:
     listing = request.add_parser("list", help="all requests with their state")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_request_list)
+    retry = request.add_parser("retry", help="re-queue a failed or rolled-back request")
+    retry.add_argument("id", type=int)
+    retry.set_defaults(func=cmd_request_retry)
     run = sub.add_parser("run", help="process pending requests now (the flow the nightly deployment runs)")
     run.add_argument("--limit", type=int, help="process at most N requests")
     run.set_defaults(func=cmd_run)
     lin = sub.add_parser("lineage", help="registered versions, parents, metrics and aliases")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(func=cmd_lineage)
+    show = sub.add_parser("show", help="everything about one version, with the commands to restore its data")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    rb = sub.add_parser("rollback", help="move production back (or forward) to a version that passed its gates")
+    target = rb.add_mutually_exclusive_group()
+    target.add_argument("--to", help="the version to make production")
+    target.add_argument("--steps", type=int, help="undo the last N steps of production's lineage (default 1)")
+    rb.add_argument("--reason", help="why; recorded as a tag with who and when")
+    rb.add_argument("--requeue", action="store_true", help="put the undone requests back in the queue")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(func=cmd_rollback)
+    rep = sub.add_parser("report", help="an HTML/Markdown page with the lineage, its plot and sample grids")
+    rep.add_argument("--out", default="lethe-report", help="folder to write (default ./lethe-report)")
+    rep.set_defaults(func=cmd_report)
     smp = sub.add_parser("sample", help="generate images of a concept from a registered version")
     smp.add_argument("--concept", required=True)
     smp.add_argument("--version", help="registered version (default: production)")

@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from models.generator import Generator  # noqa: E402
 from models.judge import Judge  # noqa: E402
@@ -24,8 +25,11 @@ from tasks.gates import check_gates  # noqa: E402
 from tasks.images import write_samples  # noqa: E402
 from tasks.prepared_data import load_split  # noqa: E402
 from tasks.queue import Request, RequestQueue  # noqa: E402
+from tasks.lineage import lineage  # noqa: E402
 from tasks.registry import Registry, promote_task, register_version_task  # noqa: E402
+from tasks.report import lineage_plot  # noqa: E402
 from tasks.runtime import configure_torch  # noqa: E402
+from tasks.sampling import sample_fingerprint  # noqa: E402
 from tasks.settings import Workspace, load_params, project_path  # noqa: E402
 from tasks.train_adapter import train_adapter_task  # noqa: E402
 
@@ -98,7 +102,8 @@ def ensure_base(ctx: Context) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
         tags = {"kind": "base", "gate": "passed", "forgotten": "", "parent_version": "", "request_id": "",
-                "eval_key": metrics["eval_key"]}
+                "eval_key": metrics["eval_key"],
+                "sample_sha256": sample_fingerprint(generator, adapters, ctx.params["sampling"]["steps"])}
         version = register_version_task(
             ctx.registry, generator_dir=base_dir, adapters=adapters, sampling=ctx.params["sampling"],
             run_name="base", params={"base_dir": str(base_dir)}, metrics=summary_metrics(metrics), tags=tags,
@@ -147,7 +152,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "forgotten": ",".join(forgotten_after), "forget_md5": forget_ref.md5, "retain_md5": retain_ref.md5,
         "forget_path": forget_ref.path, "retain_path": retain_ref.path, "adapter_sha256": adapter_sha,
         "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
+        "rejected": "true" if reasons else "false",
         "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
+        "sample_sha256": sample_fingerprint(generator, trained.stack, params["sampling"]["steps"]),
     }
     metrics = summary_metrics(after)
     metrics.update({"before.forget_acc": before["accuracy"][request.concept],
@@ -172,6 +179,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     else:
         promote_task(ctx.registry, version)
         ctx.queue.complete(request.id, version, anchor=replay.anchor)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
     report = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
               "parent_version": str(parent.version), "promoted": not reasons, "reasons": reasons,
               "forget_acc_before": before["accuracy"][request.concept],
@@ -181,7 +190,24 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
               "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
               "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
     get_run_logger().info(format_report(report))
+    create_markdown_artifact(markdown=report_markdown(report, after, ctx), key=f"request-{request.id}",
+                             description=f"Request {request.id}: forget {request.concept}")
     return report
+
+
+def report_markdown(r: dict, after: dict, ctx: Context) -> str:
+    verdict = "**promoted to production**" if r["promoted"] else "**rejected**: " + "; ".join(r["reasons"])
+    link = f"{ctx.workspace.mlflow_uri} → Models → {ctx.registry.model_name} → version {r['version']}"
+    rows = "\n".join(f"| {c} | {'forgotten' if c in after['forgotten'] else 'retained'} | {a:.3f} |"
+                     for c, a in after["accuracy"].items())
+    return (f"# Request {r['request_id']}: forget `{r['concept']}` → `{r['anchor']}`\n\n"
+            f"Version {r['version']} (parent {r['parent_version']}): {verdict}\n\n"
+            f"| metric | before | after |\n|---|---|---|\n"
+            f"| forget accuracy ({r['concept']}) | {r['forget_acc_before']:.3f} | {r['forget_acc_after']:.3f} |\n"
+            f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
+            f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n\n"
+            f"Per concept, after:\n\n| concept | role | judged accuracy |\n|---|---|---|\n{rows}\n\n"
+            f"MLflow: {link}\n")
 
 
 def format_report(r: dict) -> str:
@@ -220,4 +246,9 @@ def process_queue(limit: int | None = None, workspace: str | None = None, params
                 ctx.queue.fail(request.id, f"error: {type(error).__name__}: {error}")
                 reports.append({"request_id": request.id, "concept": request.concept, "promoted": False,
                                 "reasons": [f"error: {error}"]})
+    summary = "\n".join(f"| {r['request_id']} | {r['concept']} | {r.get('version', '-')} | "
+                        f"{'promoted' if r['promoted'] else 'failed: ' + '; '.join(r['reasons'])} |" for r in reports)
+    create_markdown_artifact(markdown=f"# Lethe batch\n\n{len(reports)} request(s)\n\n| request | concept | version "
+                                      f"| result |\n|---|---|---|---|\n{summary}\n", key="lethe-batch",
+                             description="Requests processed by this batch")
     return reports

@@ -10,6 +10,8 @@ KEY_METRICS = ("forget_acc_max", "retain_acc_mean", "kid", "before.forget_acc", 
 def status_of(version, aliases: list[str]) -> str:
     if PRODUCTION in aliases:
         return "production"
+    if version.tags.get("rolled_back") == "true":
+        return "rolled_back"
     if version.tags.get("kind") == "base":
         return "base"
     return {"failed": "rejected", "passed": "superseded"}.get(version.tags.get("gate"), "incomplete")

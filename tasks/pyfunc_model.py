@@ -14,6 +14,8 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "diffusers==0.42.1", "torchdiffeq==0.2.5", 
 
 
 class LetheModel(mlflow.pyfunc.PythonModel):
+    _skip_type_hint_validation = True  # input is a table of requests, not a typed schema
+
     def load_context(self, context):
         from models.adapter_stack import AdapterStack
         from models.generator import Generator

@@ -1,5 +1,8 @@
 """The durable queue of deletion requests (SQLite): pending -> running -> done | failed.
 
+A rollback moves done requests to rolled_back (and a roll-forward back to done); failed and rolled_back
+requests can be re-queued (back to pending, a new attempt).
+
 Requests are taken strictly in id order, one at a time, and every transition is one transaction, so a crash
 leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
 before a new batch starts. Invalid requests are refused when they are added, with the reason.
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATES = (PENDING, RUNNING, DONE, FAILED)
+PENDING, RUNNING, DONE, FAILED, ROLLED_BACK = "pending", "running", "done", "failed", "rolled_back"
+STATES = (PENDING, RUNNING, DONE, FAILED, ROLLED_BACK)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -163,6 +166,34 @@ class RequestQueue:
 
     def fail(self, request_id: int, reasons: str, version: str | None = None, anchor: str | None = None) -> Request:
         return self._finish(request_id, FAILED, version, reasons, anchor)
+
+    def _move(self, request_id: int, allowed: tuple[str, ...], state: str, **fields) -> Request:
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no request with id {request_id}")
+            if row["state"] not in allowed:
+                raise InvalidTransition(f"request {request_id} is {row['state']}; only {' or '.join(allowed)} "
+                                        f"requests can become {state}")
+            sets = ", ".join(f"{k} = ?" for k in ("state", *fields))
+            db.execute(f"UPDATE requests SET {sets} WHERE id = ?", (state, *fields.values(), request_id))
+        return self.get(request_id)
+
+    def mark_rolled_back(self, request_id: int, reason: str) -> Request:
+        return self._move(request_id, (DONE,), ROLLED_BACK, reasons=reason)
+
+    def mark_restored(self, request_id: int) -> Request:
+        """A roll-forward re-activated this request's version."""
+        return self._move(request_id, (ROLLED_BACK,), DONE, reasons="")
+
+    def requeue(self, request_id: int) -> Request:
+        """Run a failed or rolled-back request again (its concept must not be forgotten or queued meanwhile)."""
+        request = self.get(request_id)
+        clash = [r for r in self.list([PENDING, RUNNING, DONE]) if r.concept == request.concept]
+        if clash:
+            raise RequestRefused(f"request {clash[0].id} for {request.concept!r} is {clash[0].state}; "
+                                 f"not re-queueing request {request_id}")
+        return self._move(request_id, (FAILED, ROLLED_BACK), PENDING, started_at=None, finished_at=None)
 
     def recover(self) -> list[int]:
         """Put requests left `running` by a crashed batch back to pending; returns their ids."""

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -20,7 +19,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 # LetheModel is pickled by reference to tasks.pyfunc_model, which ships in the model's code/ folder
 logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -122,6 +120,10 @@ class Registry:
                                                        tags={k: str(v) for k, v in tags.items()},
                                                        description=description)
         return str(version.version)
+
+    def log_file(self, version: str, path: Path, artifact_path: str) -> None:
+        """Attach a file to the run that registered `version` (e.g. the lineage plot once it is known)."""
+        self.client.log_artifact(self.version(version).run_id, str(path), artifact_path)
 
     def set_tags(self, version: str, tags: dict) -> None:
         for key, value in tags.items():

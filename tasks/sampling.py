@@ -1,6 +1,7 @@
 """Sample a registered version to a file: PNG grid or raw .npy; the same seed and version give the same bytes."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from models.sampler import sample
@@ -27,3 +28,12 @@ def sample_version(concept: str, version: str | None, n: int, seed: int, intensi
     images, _ = sample(generator, [concept], n, seed, params["sampling"]["steps"], adapters,
                        params["sampling"]["guidance"], params["sampling"]["batch_size"])
     return write_samples(images, out, columns=min(n, 8))
+
+
+FINGERPRINT_SEED = 20251122
+
+
+def sample_fingerprint(generator, adapters, steps: int, per_concept: int = 1) -> str:
+    """sha256 of fixed-seed samples of every concept: recorded at registration, re-checked after a rollback."""
+    images, _ = sample(generator, generator.concepts, per_concept, FINGERPRINT_SEED, steps, adapters)
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()

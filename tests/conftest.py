@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -20,6 +21,7 @@ import dvc.repo  # noqa: E402,F401
 import flows.unlearn  # noqa: E402,F401
 from models.concepts import CONCEPTS  # noqa: E402
 from models.generator import Generator, build_scheduler, build_unet  # noqa: E402
+from models.judge import Judge  # noqa: E402
 from tasks.settings import PROJECT_ROOT, load_params  # noqa: E402
 
 
@@ -61,3 +63,27 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path, tiny_generator_dir, write_params, monkeypatch):
+    """A workspace and params for the real pipeline on a tiny untrained generator, with permissive gates."""
+    torch.manual_seed(0)
+    judge_dir = Judge(list(CONCEPTS), width=8, features=16).eval().save(tmp_path / "judge")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
+    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+              prepared / "test.safetensors")
+    params = small_params(paths={"base": str(tiny_generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
+    params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_ratio": 1e9}
+    workspace = tmp_path / "ws"
+    monkeypatch.setenv("LETHE_WORKSPACE", str(workspace))
+    monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))
+    return workspace, params
+
+
+def run_cli(*args) -> int:
+    from flows.cli import main
+
+    return main(list(args))

@@ -7,46 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from models.concepts import CONCEPTS
-from models.judge import Judge
-from tests.conftest import small_params
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def setup(tmp_path, tiny_generator_dir, write_params, monkeypatch):
-    torch.manual_seed(0)
-    judge_dir = Judge(list(CONCEPTS), width=8, features=16).eval().save(tmp_path / "judge")
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
-    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-              prepared / "test.safetensors")
-    params = small_params(paths={"base": str(tiny_generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
-    params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_ratio": 1e9}
-    workspace = tmp_path / "ws"
-    monkeypatch.setenv("LETHE_WORKSPACE", str(workspace))
-    monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))
-    return workspace, params
-
-
-def run_cli(*args) -> int:
-    from flows.cli import main
-
-    return main(list(args))
-
-
-def test_one_request_end_to_end(setup, prefect_harness, capsys):
+def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     from tasks.datasets import DatasetStore
     from tasks.queue import RequestQueue
     from tasks.registry import Registry
     from tasks.settings import Workspace
 
-    workspace, params = setup
+    workspace, params = tiny_pipeline
     assert run_cli("request", "add", "trouser", "--anchor", "dress", "--note", "takedown #1") == 0
     assert capsys.readouterr().out.strip() == "1"
     assert run_cli("run") == 0
@@ -105,13 +78,13 @@ def test_one_request_end_to_end(setup, prefect_harness, capsys):
     assert "already forgotten" in capsys.readouterr().err
 
 
-def test_a_step_that_fails_its_gates_never_reaches_production(setup, prefect_harness, write_params, monkeypatch,
+def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, prefect_harness, write_params, monkeypatch,
                                                              capsys):
     from tasks.queue import RequestQueue
     from tasks.registry import Registry
     from tasks.settings import Workspace
 
-    workspace, params = setup
+    workspace, params = tiny_pipeline
     params["gates"]["forget_acc_max"] = -1.0  # impossible: every step fails
     monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))
     assert run_cli("request", "add", "bag") == 0
