@@ -195,6 +195,33 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from flows import schedule
+
+    try:
+        if not args.show:
+            schedule.deploy_nightly(cron=args.cron, timezone=args.timezone)
+        if args.trigger:
+            print(f"triggered flow run {schedule.trigger_now()}")
+        info = schedule.describe_schedule()
+    except (ValueError, LookupError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"deployment {schedule.full_name()} (id {info['id']}): cron '{info['cron']}' {info['timezone']}, "
+          f"pool {info['pool']}{', PAUSED' if info['paused'] else ''}")
+    print(f"  workspace {info['parameters'].get('workspace')}, params {info['parameters'].get('params_file')}")
+    print("  next runs: " + (", ".join(r["time"] for r in info["next_runs"]) or "none"))
+    if not os.environ.get("PREFECT_API_URL"):
+        print("  note: no PREFECT_API_URL is set, so the deployment lives in this workspace's local Prefect database.\n"
+              f"  Runs happen only while a server and a worker are up:\n"
+              f"    PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start &\n"
+              "    PREFECT_API_URL=http://127.0.0.1:4200/api prefect worker start --pool lethe-pool")
+    return 0
+
+
 def cmd_report(args) -> int:
     from tasks.lineage import lineage
     from tasks.report import write_report
@@ -261,6 +288,13 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--requeue", action="store_true", help="put the undone requests back in the queue")
     rb.add_argument("--json", action="store_true")
     rb.set_defaults(func=cmd_rollback)
+    sch = sub.add_parser("schedule", help="create or update the nightly Prefect deployment (default 02:00 UTC)")
+    sch.add_argument("--cron", default="0 2 * * *", help="cron expression (default '0 2 * * *')")
+    sch.add_argument("--timezone", default="UTC")
+    sch.add_argument("--show", action="store_true", help="only print the deployment and its next runs")
+    sch.add_argument("--trigger", action="store_true", help="also start a run now (a worker picks it up)")
+    sch.add_argument("--json", action="store_true")
+    sch.set_defaults(func=cmd_schedule)
     rep = sub.add_parser("report", help="an HTML/Markdown page with the lineage, its plot and sample grids")
     rep.add_argument("--out", default="lethe-report", help="folder to write (default ./lethe-report)")
     rep.set_defaults(func=cmd_report)

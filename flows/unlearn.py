@@ -9,6 +9,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger  # noqa: E402
@@ -78,10 +80,10 @@ def samples_of(ctx: Context, version: str, generator=None, adapters=None):
     return images, labels
 
 
-def grid_file(folder: Path, images, labels, concepts: list[str]) -> Path:
-    picks = [images[labels == i][:GRID_PER_CONCEPT] for i in range(len(concepts))]
-    import torch
-
+def grid_file(folder: Path, images, labels, concepts: list[str], first: list[str] = ()) -> Path:
+    """One row per concept, `first` (the forgotten concept and its anchor) on top."""
+    order = list(dict.fromkeys([*first, *concepts]))
+    picks = [images[labels == concepts.index(c)][:GRID_PER_CONCEPT] for c in order]
     return write_samples(torch.cat(picks), folder / "samples.png", GRID_PER_CONCEPT)
 
 
@@ -155,6 +157,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "rejected": "true" if reasons else "false",
         "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
         "sample_sha256": sample_fingerprint(generator, trained.stack, params["sampling"]["steps"]),
+        "metric.forget_acc_max": f"{after['forget_acc_max']:.4f}",
+        "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}", "metric.kid": f"{after['kid']:.4f}",
     }
     metrics = summary_metrics(after)
     metrics.update({"before.forget_acc": before["accuracy"][request.concept],
@@ -165,7 +169,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
                    f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
                    f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}.")
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
+        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts,
+                                      [request.concept, replay.anchor])}
         version = register_version_task(
             ctx.registry, generator_dir=ctx.registry.workspace.model_cache / f"v{parent.version}" / "artifacts"
             / "generator", adapters=trained.stack, sampling=params["sampling"],
