@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 torch.set_flush_denormal(True)
+# Prefect logs "Stopping temporary server" after pytest has closed its capture streams; without this, logging
+# prints a "--- Logging error ---" traceback below the test summary.
+logging.raiseExceptions = False
 
 # Prefect and DVC bind their log handlers to sys.stdout/stderr when first imported: import them now, on the
 # session's streams, not inside a test whose capsys stream is closed after it.
