@@ -15,6 +15,8 @@ def reporter(label: str, every_seconds: float = 5.0):
             return
         state["last"] = now
         extra = "  " + " ".join(f"{k} {v:.4g}" for k, v in info.items() if k != "step") if info else ""
-        print(f"  {label}: {done}/{total} ({now - state['start']:.0f}s){extra}", file=sys.stderr, flush=True)
+        # not print(): inside a flow Prefect turns print into log records (log_prints), which the CLI keeps quiet
+        sys.stderr.write(f"  {label}: {done}/{total} ({now - state['start']:.0f}s){extra}\n")
+        sys.stderr.flush()
 
     return progress

@@ -16,12 +16,13 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-# LetheModel is pickled by reference to tasks.pyfunc_model, which ships in the model's code/ folder
-logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # after `import mlflow`, which sets its own level
+# LetheModel is pickled by reference to tasks.pyfunc_model, which ships in the model's code/ folder
+logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 from mlflow.exceptions import MlflowException  # noqa: E402
 from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
