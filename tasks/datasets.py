@@ -88,7 +88,8 @@ class DatasetStore:
         return load_file(path)
 
 
-@task(name="version-replay-sets", cache_policy=NO_CACHE)
+@task(name="version-replay-sets", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def version_replay_sets(store: DatasetStore, request_id: int, attempt: int, forget: dict, retain: dict):
-    """Both sets of a request, each `dvc add`-ed and pushed; returns (forget ref, retain ref)."""
+    """Both sets of a request, each `dvc add`-ed and pushed; returns (forget ref, retain ref). Retried: a remote
+    that is briefly unreachable should not fail the request, and add/push of the same bytes is idempotent."""
     return store.save(request_id, attempt, "forget", forget), store.save(request_id, attempt, "retain", retain)

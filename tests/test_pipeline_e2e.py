@@ -73,6 +73,16 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     raw = np.load(c)
     assert raw.shape == (4, 1, 16, 16) and raw.dtype == np.float32 and raw.min() >= -1 and raw.max() <= 1
 
+    # the step and the batch published Prefect markdown artefacts
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["request-1"])))
+        batch = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lethe-batch"])))
+    assert found and "forget `trouser`" in found[0].data and "promoted to production" in found[0].data
+    assert batch and "| 1 | trouser | 2 | promoted |" in batch[-1].data
+
     # a second request for the same concept is refused
     assert run_cli("request", "add", "trouser") == 2
     assert "already forgotten" in capsys.readouterr().err

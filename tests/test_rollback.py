@@ -71,6 +71,14 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
     assert run_cli("request", "retry", "3") == 0
     assert queue.get(3).state == "pending"
 
+    # show: one version in full, with the commands that restore its replay sets
+    capsys.readouterr()
+    assert run_cli("show", "3") == 0
+    shown = capsys.readouterr().out
+    assert "version 3: rolled_back" in shown or "version 3: production" in shown
+    assert "tag rolled_back_by" in shown and "dvc pull request-00002/attempt-1/forget.safetensors" in shown
+    assert run_cli("show", "42") == 2
+
     # the report shows every version, with its grid and the lineage plot
     assert run_cli("report", "--out", str(tmp_path / "report")) == 0
     page = (tmp_path / "report" / "index.html").read_text()
