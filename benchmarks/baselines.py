@@ -12,6 +12,7 @@ import torch
 
 from models.generator import Generator
 from models.losses import noise_matching
+from tasks.train_adapter import noised_batch
 
 
 def train_full_finetune(generator: Generator, forget_images, retain_images, retain_labels, concept: str,
@@ -27,17 +28,10 @@ def train_full_finetune(generator: Generator, forget_images, retain_images, reta
     n_forget = max(1, round(train["batch_size"] * train["forget_fraction"]))
     n_retain = train["batch_size"] - n_forget
     concept_label, anchor_label = generator.labels([concept, anchor])
-    timesteps = generator.scheduler.config.num_train_timesteps
     start = time.time()
     for step in range(1, train["steps"] + 1):
-        f_idx = torch.randint(len(forget_images), (n_forget,), generator=rng)
-        r_idx = torch.randint(len(retain_images), (n_retain,), generator=rng)
-        x0 = torch.cat([forget_images[f_idx], retain_images[r_idx]])
-        student_labels = torch.cat([torch.full((n_forget,), concept_label), retain_labels[r_idx]])
-        teacher_labels = torch.cat([torch.full((n_forget,), anchor_label), retain_labels[r_idx]])
-        noise = torch.randn(x0.shape, generator=rng)
-        t = torch.randint(0, timesteps, (len(x0),), generator=rng)
-        xt = generator.scheduler.add_noise(x0, noise, t)
+        xt, t, student_labels, teacher_labels = noised_batch(generator, forget_images, retain_images, retain_labels,
+                                                             concept_label, anchor_label, n_forget, n_retain, rng)
         with torch.no_grad():
             teacher_eps, _ = generator.predict_noise(xt, t, teacher_labels)
         student_eps, _ = student.predict_noise(xt, t, student_labels)

@@ -40,6 +40,21 @@ def new_student(generator: Generator, teacher: AdapterStack, adapter_params: dic
     return student, new
 
 
+def noised_batch(generator: Generator, forget_images, retain_images, retain_labels, concept_label: int,
+                 anchor_label: int, n_forget: int, n_retain: int, rng: torch.Generator):
+    """One training batch: forget rows first, then retain rows, noised at random timesteps.
+    Returns (x_t, t, student labels, teacher labels): forget rows ask the student for the concept and the
+    teacher for the anchor."""
+    f_idx = torch.randint(len(forget_images), (n_forget,), generator=rng)
+    r_idx = torch.randint(len(retain_images), (n_retain,), generator=rng)
+    x0 = torch.cat([forget_images[f_idx], retain_images[r_idx]])
+    student_labels = torch.cat([torch.full((n_forget,), concept_label), retain_labels[r_idx]])
+    teacher_labels = torch.cat([torch.full((n_forget,), anchor_label), retain_labels[r_idx]])
+    noise = torch.randn(x0.shape, generator=rng)
+    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
+    return generator.scheduler.add_noise(x0, noise, t), t, student_labels, teacher_labels
+
+
 def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: torch.Tensor,
                   retain_images: torch.Tensor, retain_labels: torch.Tensor, concept: str, anchor: str,
                   params: dict, label: str = "", progress=None) -> TrainResult:
@@ -55,18 +70,11 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
     n_forget = max(1, round(train["batch_size"] * train["forget_fraction"]))
     n_retain = train["batch_size"] - n_forget
     concept_label, anchor_label = generator.labels([concept, anchor])
-    timesteps = generator.scheduler.config.num_train_timesteps
     grids = {i: student.adapters[i].grid(student.slots[i].intensity) for i in new}
     history, start = [], time.time()
     for step in range(1, train["steps"] + 1):
-        f_idx = torch.randint(len(forget_images), (n_forget,), generator=rng)
-        r_idx = torch.randint(len(retain_images), (n_retain,), generator=rng)
-        x0 = torch.cat([forget_images[f_idx], retain_images[r_idx]])
-        student_labels = torch.cat([torch.full((n_forget,), concept_label), retain_labels[r_idx]])
-        teacher_labels = torch.cat([torch.full((n_forget,), anchor_label), retain_labels[r_idx]])
-        noise = torch.randn(x0.shape, generator=rng)
-        t = torch.randint(0, timesteps, (len(x0),), generator=rng)
-        xt = generator.scheduler.add_noise(x0, noise, t)
+        xt, t, student_labels, teacher_labels = noised_batch(generator, forget_images, retain_images, retain_labels,
+                                                             concept_label, anchor_label, n_forget, n_retain, rng)
         with torch.no_grad():
             teacher_eps, _ = generator.predict_noise(xt, t, teacher_labels, teacher)
         student_eps, paths = generator.predict_noise(xt, t, student_labels, student, record=tuple(new))
@@ -74,7 +82,7 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
             "forget": noise_matching(student_eps[:n_forget], teacher_eps[:n_forget]),
             "retain": noise_matching(student_eps[n_forget:], teacher_eps[n_forget:]),
             "smooth": sum(trajectory_smoothness(paths[i], grids[i]) for i in new),
-            "start": sum(trajectory_start(paths[i], torch.arange(n_forget, len(x0))) for i in new),
+            "start": sum(trajectory_start(paths[i], torch.arange(n_forget, len(xt))) for i in new),
         }
         loss = sum(weights[k] * v for k, v in losses.items())
         optimiser.zero_grad(set_to_none=True)

@@ -69,18 +69,25 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture
-def tiny_pipeline(tmp_path, tiny_generator_dir, write_params, monkeypatch):
-    """A workspace and params for the real pipeline on a tiny untrained generator, with permissive gates."""
+def tiny_pipeline_params(root: Path, generator_dir: Path) -> dict:
+    """Params for the real pipeline on a tiny untrained generator: a tiny random judge, a fake prepared test
+    split (all under `root`), budgets of seconds and gates that always pass."""
     torch.manual_seed(0)
-    judge_dir = Judge(list(CONCEPTS), width=8, features=16).eval().save(tmp_path / "judge")
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
+    judge_dir = Judge(list(CONCEPTS), width=8, features=16).eval().save(root / "judge")
+    prepared = root / "prepared"
+    prepared.mkdir(exist_ok=True)
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
     save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
               prepared / "test.safetensors")
-    params = small_params(paths={"base": str(tiny_generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
+    params = small_params(paths={"base": str(generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
     params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_ratio": 1e9}
+    return params
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path, tiny_generator_dir, write_params, monkeypatch):
+    """A workspace (LETHE_WORKSPACE) and params file (LETHE_PARAMS) for the tiny pipeline."""
+    params = tiny_pipeline_params(tmp_path, tiny_generator_dir)
     workspace = tmp_path / "ws"
     monkeypatch.setenv("LETHE_WORKSPACE", str(workspace))
     monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))

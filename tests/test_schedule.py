@@ -17,13 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 import yaml
-from safetensors.torch import save_file
 
-from models.concepts import CONCEPTS
-from models.judge import Judge
-from tests.conftest import small_params
+from tests.conftest import tiny_pipeline_params
 
 pytestmark = pytest.mark.slow
 
@@ -146,15 +142,7 @@ def lethe(tmp_path_factory, tiny_generator_dir):
     """A workspace and a params file for a cheap request: tiny untrained generator, tiny random judge, a fake
     prepared test split, permissive gates; absolute paths."""
     root = tmp_path_factory.mktemp("lethe")
-    torch.manual_seed(0)
-    judge_dir = Judge(list(CONCEPTS), width=8, features=16).eval().save(root / "judge")
-    prepared = root / "prepared"
-    prepared.mkdir()
-    labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
-    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-              prepared / "test.safetensors")
-    params = small_params(paths={"base": str(tiny_generator_dir), "judge": str(judge_dir), "prepared": str(prepared)})
-    params["gates"] = {"forget_acc_max": 1.0, "retain_ratio_min": 0.0, "kid_max_ratio": 1e9}
+    params = tiny_pipeline_params(root, tiny_generator_dir)
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     return (root / "ws").resolve(), params_file.resolve()
