@@ -68,14 +68,13 @@ def forgotten_of(version) -> list[str]:
     return [c for c in value.split(",") if c]
 
 
-def samples_of(ctx: Context, version: str, generator=None, adapters=None):
+def samples_of(ctx: Context, version: str):
     """Evaluation samples of a registered version, from the cache or made now."""
     key = eval_key(ctx.params)
     cached = ctx.cache.get(version, key)
     if cached is not None:
         return cached
-    if generator is None:
-        generator, adapters = ctx.registry.load(version)
+    generator, adapters = ctx.registry.load(version)
     images, labels = generate_samples_task(generator, adapters, ctx.params, reporter(f"evaluate version {version}"))
     ctx.cache.put(version, key, images, labels)
     return images, labels

@@ -15,7 +15,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
@@ -81,11 +81,6 @@ class DatasetStore:
         with self._repo() as repo:
             repo.pull(targets=[str(path)], force=True)
         return path
-
-    def load(self, path: Path) -> dict[str, torch.Tensor]:
-        if not path.is_file():
-            self.restore(path)
-        return load_file(path)
 
 
 @task(name="version-replay-sets", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
