@@ -8,13 +8,17 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test install system-data data models lint-layers clean-workspace
+.PHONY: demo test bench install system-data data models lint-layers clean-workspace
 
 demo: models                      ## install, verify data and models, run the demo requests, print the lineage
 	$(BIN)/lethe demo
 
 test: data lint-layers            ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+bench: models                     ## the continual benchmark (hours on a 2-core CPU), then BENCHMARKS.md's tables
+	$(BIN)/python benchmarks/continual.py
+	$(BIN)/python benchmarks/report.py --markdown benchmarks/results/report.md
 
 install: $(VENV)/.installed
 

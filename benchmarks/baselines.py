@@ -1,7 +1,16 @@
-"""Baselines for the continual benchmark, trained on the same replay sets and batches as Lethe's adapters.
+"""Baselines of the continual benchmark. Each trains on the same distillation pool (`models.distill_targets`:
+the same replay images, noise, timesteps and teacher targets) and the same seeded batches as Lethe's adapters.
 
-- `dfr-ft` (Distill-Forget-Repeat): the whole UNet is fine-tuned per request with the same forget and
+- `dfr-ft` (Distill-Forget-Repeat): the whole UNet is fine-tuned per request with the forget and
   retain-distillation losses plus an L2 penalty pulling the weights back to the previous model's.
+- `esd` (Erased Stable Diffusion, ESD-u: every weight, as this UNet has no cross-attention): the student,
+  asked for the concept, is trained towards negative guidance eps(x, null) - eta * (eps(x, c) - eps(x, null))
+  of the frozen previous model; forget rows only, no retain term (as in ESD).
+- `fade-lora` (FADE/SPARE): LoRA (peft) on the conv layers with the highest forget-loss weight saliency
+  |grad * weight|, trained with the same forget (self-distillation onto the anchor) and retain losses; merged
+  into the weights after the request, so the next request starts from the merged model.
+- `retrain`: the base recipe (`tasks.train_base`) run from scratch on the training data minus every forgotten
+  concept; the gold standard, trained once at the end of the sequence.
 """
 from __future__ import annotations
 
@@ -10,40 +19,140 @@ import time
 
 import torch
 
+from models.distill_targets import DistillTargets
 from models.generator import Generator
 from models.losses import noise_matching
-from tasks.train_adapter import noised_batch
+from tasks.train_adapter import batch_split
 
 
-def train_full_finetune(generator: Generator, forget_images, retain_images, retain_labels, concept: str,
-                        anchor: str, params: dict, l2: float = 1e-2, progress=None):
-    """A fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, seconds)."""
+def _frozen(generator: Generator) -> Generator:
+    generator.unet.eval().requires_grad_(False)
+    return generator
+
+
+def train_full_finetune(generator: Generator, pool: DistillTargets, params: dict, l2: float | None = None,
+                        progress=None) -> tuple[Generator, int, float]:
+    """dfr-ft: a fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, s)."""
     train = params["train"]
+    l2 = train.get("full_l2", 1e-2) if l2 is None else l2
     torch.manual_seed(train["seed"])
     rng = torch.Generator().manual_seed(train["seed"])
     student = copy.deepcopy(generator)
     student.unet.requires_grad_(True).train()
     start_weights = [p.detach().clone() for p in student.unet.parameters()]
     optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
-    n_forget = max(1, round(train["batch_size"] * train["forget_fraction"]))
-    n_retain = train["batch_size"] - n_forget
-    concept_label, anchor_label = generator.labels([concept, anchor])
+    n_forget, n_retain = batch_split(train)
     start = time.time()
     for step in range(1, train["steps"] + 1):
-        xt, t, student_labels, teacher_labels = noised_batch(generator, forget_images, retain_images, retain_labels,
-                                                             concept_label, anchor_label, n_forget, n_retain, rng)
-        with torch.no_grad():
-            teacher_eps, _ = generator.predict_noise(xt, t, teacher_labels)
-        student_eps, _ = student.predict_noise(xt, t, student_labels)
+        idx = pool.draw(n_forget, n_retain, rng)
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        target = pool.teacher_eps[idx]
         drift = sum((p - p0).pow(2).sum() for p, p0 in zip(student.unet.parameters(), start_weights))
-        loss = (train["weights"]["forget"] * noise_matching(student_eps[:n_forget], teacher_eps[:n_forget])
-                + train["weights"]["retain"] * noise_matching(student_eps[n_forget:], teacher_eps[n_forget:])
-                + l2 * drift)
+        loss = (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
+                + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]) + l2 * drift)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         if progress and (step % 25 == 0 or step == train["steps"]):
             progress(step, train["steps"], {"loss": float(loss.detach())})
-    student.unet.eval().requires_grad_(False)
     trainable = sum(p.numel() for p in student.unet.parameters())
-    return student, trainable, round(time.time() - start, 1)
+    return _frozen(student), trainable, round(time.time() - start, 1)
+
+
+@torch.no_grad()
+def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: float,
+                              batch_size: int = 256) -> torch.Tensor:
+    """ESD's target for every forget row: eps(x, null) - eta * (eps(x, c) - eps(x, null)) of the teacher."""
+    rows = torch.arange(pool.n_forget)
+    out = []
+    for chunk in rows.split(batch_size):
+        xt, t, labels = pool.xt[chunk], pool.t[chunk], pool.student_labels[chunk]
+        conditional, _ = teacher.predict_noise(xt, t, labels)
+        unconditional, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
+        out.append(unconditional - eta * (conditional - unconditional))
+    return torch.cat(out)
+
+
+def train_esd(generator: Generator, pool: DistillTargets, params: dict, eta: float | None = None,
+              progress=None) -> tuple[Generator, int, float]:
+    """esd: sequential fine-tune of every weight with negative guidance on the forget rows."""
+    train = params["train"]
+    eta = train.get("esd_eta", 1.0) if eta is None else eta
+    torch.manual_seed(train["seed"])
+    rng = torch.Generator().manual_seed(train["seed"])
+    start = time.time()
+    targets = negative_guidance_targets(generator, pool, eta)
+    student = copy.deepcopy(generator)
+    student.unet.requires_grad_(True).train()
+    optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
+    for step in range(1, train["steps"] + 1):
+        idx = torch.randint(pool.n_forget, (train["batch_size"],), generator=rng)
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        loss = noise_matching(eps, targets[idx])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if progress and (step % 25 == 0 or step == train["steps"]):
+            progress(step, train["steps"], {"loss": float(loss.detach())})
+    trainable = sum(p.numel() for p in student.unet.parameters())
+    return _frozen(student), trainable, round(time.time() - start, 1)
+
+
+def weight_saliency(generator: Generator, pool: DistillTargets, rows: int = 64) -> dict[str, float]:
+    """FADE's localisation: mean |grad * weight| of the forget loss for every conv layer of the UNet."""
+    convs = {n: m for n, m in generator.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    idx = torch.arange(min(rows, pool.n_forget))
+    unet = generator.unet
+    unet.requires_grad_(True)
+    try:
+        unet.zero_grad(set_to_none=True)
+        eps, _ = generator.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        noise_matching(eps, pool.teacher_eps[idx]).backward()
+        scores = {n: float((m.weight.grad * m.weight.detach()).abs().mean()) for n, m in convs.items()}
+    finally:
+        unet.zero_grad(set_to_none=True)
+        unet.requires_grad_(False)
+    return scores
+
+
+def train_lora(generator: Generator, pool: DistillTargets, params: dict, progress=None):
+    """fade-lora: LoRA on the `lora_modules` most salient convs; returns (merged student, trainable, s, modules)."""
+    from peft import LoraConfig, get_peft_model  # benchmark-only dependency
+
+    train = params["train"]
+    rank, n_modules = int(train.get("lora_rank", 4)), int(train.get("lora_modules", 4))
+    torch.manual_seed(train["seed"])
+    rng = torch.Generator().manual_seed(train["seed"])
+    start = time.time()
+    scores = weight_saliency(generator, pool)
+    modules = [n for n in sorted(scores, key=scores.get, reverse=True)
+               if n not in ("conv_in", "conv_out")][:n_modules]
+    student = copy.deepcopy(generator)
+    peft_unet = get_peft_model(student.unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
+    lora = [p for n, p in peft_unet.named_parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(lora, lr=train.get("lora_lr", 1e-3))
+    n_forget, n_retain = batch_split(train)
+    for step in range(1, train["steps"] + 1):
+        idx = pool.draw(n_forget, n_retain, rng)
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        target = pool.teacher_eps[idx]
+        loss = (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
+                + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if progress and (step % 25 == 0 or step == train["steps"]):
+            progress(step, train["steps"], {"loss": float(loss.detach())})
+    trainable = sum(p.numel() for p in lora)
+    student.unet = peft_unet.merge_and_unload()
+    return _frozen(student), trainable, round(time.time() - start, 1), modules
+
+
+def retrain_without(images: torch.Tensor, labels: torch.Tensor, forgotten_labels: list[int], base_params: dict,
+                    image_size: int, steps: int | None = None) -> tuple[Generator, dict]:
+    """retrain: the base recipe on the training split minus every forgotten concept."""
+    from tasks.train_base import train_base
+
+    keep = ~torch.isin(labels, torch.tensor(forgotten_labels))
+    recipe = dict(base_params, steps=steps or base_params["steps"])
+    return train_base(images[keep], labels[keep], recipe, image_size, log_every=max(1, recipe["steps"] // 6))

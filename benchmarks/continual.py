@@ -1,18 +1,27 @@
 """Continual-unlearning benchmark: every method on the same request sequence, replay sets and evaluation.
 
-    python benchmarks/continual.py --methods lethe,dfr-ft --out benchmarks/results/continual.json
+    python benchmarks/continual.py                      # everything below, in order, then the report
+    python benchmarks/continual.py methods --methods lethe,dfr-ft,fade-lora,esd
+    python benchmarks/continual.py retrain              # the gold standard, once, at the end of the sequence
+    python benchmarks/continual.py sweep                # intensity (ODE horizon) sweep on the first request
+    python benchmarks/continual.py ablation             # trajectory terms and adapter placement, first request
+    python benchmarks/continual.py merge                # parts -> continual.json
 
-Per step and method it records forget accuracy over every concept forgotten so far, retained accuracy in- and
-cross-domain (relative to the base on the same sampling seeds), the share of retained samples judged as the
-base judged them, KID on retained concepts, trainable parameters, step wall time, sampling time and peak RSS.
-Rows with step 0 hold the base model. The training and sampling code is the pipeline's own (tasks.distill,
-tasks.train_adapter, models.sampler); only the baselines' trainers live here.
+Per step and method: forget accuracy over every concept forgotten so far (judged on `--forget-samples` samples
+each, with a Wilson interval), retained accuracy in- and cross-domain relative to the base on the same sampling
+seeds (`--retain-samples` each), the share of retained samples judged as the base judged them, KID on retained
+concepts, trainable parameters, step wall time, sampling time with the current model and peak RSS. Rows with
+step 0 hold the base. Training and sampling are the pipeline's own code (tasks.distill, tasks.train_adapter,
+models.sampler); only the baselines' trainers live in benchmarks/baselines.py. Each part writes its own file
+under `results/parts/`, so parts can run in separate processes.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import math
 import resource
 import sys
 import time
@@ -23,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.baselines import train_full_finetune  # noqa: E402
+from benchmarks.baselines import retrain_without, train_esd, train_full_finetune, train_lora  # noqa: E402
 from models.adapter_stack import AdapterStack  # noqa: E402
 from models.concepts import DOMAINS  # noqa: E402
 from models.generator import Generator  # noqa: E402
@@ -34,105 +43,331 @@ from tasks.evaluate import kid_score  # noqa: E402
 from tasks.prepared_data import load_split  # noqa: E402
 from tasks.runtime import configure_torch  # noqa: E402
 from tasks.settings import load_params, project_path  # noqa: E402
-from tasks.train_adapter import train_adapter  # noqa: E402
+from tasks.train_adapter import build_targets, train_adapter  # noqa: E402
 
 DEFAULT_SEQUENCE = "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker"
+METHODS = ("lethe", "dfr-ft", "fade-lora", "esd")
+SWEEP = (0.5, 0.75, 1.0, 1.5, 2.0)
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def sampling_seconds(generator, adapters, steps: int, n: int = 64) -> float:
-    start = time.time()
-    sample(generator, ["tshirt"], n, seed=0, steps=steps, adapters=adapters)
-    return time.time() - start
+def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson interval of a proportion k/n."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
-def measure(generator, adapters, judge, forgotten, real, base_pred, params, n: int, seed: int):
-    images, labels = sample(generator, generator.concepts, n, seed, params["sampling"]["steps"], adapters,
-                            params["sampling"]["guidance"], params["sampling"]["batch_size"])
-    predicted = judge.classify(images)
-    acc = {c: float((predicted[labels == i] == i).float().mean()) for i, c in enumerate(generator.concepts)}
-    retained = [c for c in generator.concepts if c not in forgotten]
-    keep = torch.isin(labels, torch.tensor(generator.labels(retained)))
-    unchanged = float((predicted[keep] == base_pred[keep]).float().mean()) if base_pred is not None else 1.0
-    real_keep = torch.isin(real[1], torch.tensor(generator.labels(retained)))
-    kid = kid_score(judge, real[0][real_keep], images[keep], params["eval"]["kid_subset"], "cpu")
-    return acc, predicted, unchanged, kid
+class Evaluation:
+    """Samples every concept on fixed seeds: forgotten concepts `forget_n` times, the others `retain_n` times
+    (the first `retain_n` of a concept's noise stream are the same whatever n), and compares with the base."""
+
+    def __init__(self, judge: Judge, real, params: dict, forget_n: int, retain_n: int, seed: int):
+        self.judge, self.real, self.params = judge, real, params
+        self.forget_n, self.retain_n, self.seed = forget_n, retain_n, seed
+        self.base: dict | None = None
+
+    def predictions(self, generator: Generator, adapters, concepts: list[str], n: int):
+        sampling = self.params["sampling"]
+        images, labels = sample(generator, concepts, n, self.seed, sampling["steps"], adapters,
+                                sampling["guidance"], sampling["batch_size"])
+        return images, labels, self.judge.classify(images)
+
+    def measure(self, generator: Generator, adapters, forgotten: list[str], watch: list[str]) -> dict:
+        """Accuracy per concept (`watch` at forget_n, the rest at retain_n), KID and agreement with the base."""
+        concepts = generator.concepts
+        many = [c for c in concepts if c in forgotten or c in watch]
+        few = [c for c in concepts if c not in many]
+        images, labels, predicted = self.predictions(generator, adapters, many, self.forget_n)
+        if few:
+            i2, l2, p2 = self.predictions(generator, adapters, few, self.retain_n)
+            images, labels, predicted = torch.cat([images, i2]), torch.cat([labels, l2]), torch.cat([predicted, p2])
+        out = {"acc": {}, "hits": {}, "n": {}, "first": {}}
+        for c in concepts:
+            i = concepts.index(c)
+            mine = predicted[labels == i]
+            out["acc"][c] = float((mine == i).float().mean())
+            out["hits"][c], out["n"][c] = int((mine == i).sum()), len(mine)
+            out["first"][c] = mine[:self.retain_n]  # the base comparison uses the common prefix
+        retained = [c for c in concepts if c not in forgotten]
+        keep = torch.isin(labels, torch.tensor(generator.labels(retained)))
+        real_keep = torch.isin(self.real[1], torch.tensor(generator.labels(retained)))
+        out["kid"] = kid_score(self.judge, self.real[0][real_keep], images[keep], self.params["eval"]["kid_subset"],
+                               "cpu")
+        return out
+
+    def row(self, generator: Generator, adapters, forgotten: list[str], domain_of: str | None) -> dict:
+        """The metric columns of one benchmark row (the base must have been measured first)."""
+        m = self.measure(generator, adapters, forgotten, forgotten)
+        concepts = generator.concepts
+        retained = [c for c in concepts if c not in forgotten]
+
+        def prefix_acc(result, c):
+            return float((result["first"][c] == concepts.index(c)).float().mean())
+
+        def relative(cs):
+            if not cs:
+                return None
+            base = sum(prefix_acc(self.base, c) for c in cs)
+            return round(sum(prefix_acc(m, c) for c in cs) / max(base, 1e-9), 4)
+
+        same = sum(int((m["first"][c] == self.base["first"][c]).sum()) for c in retained)
+        total = sum(len(m["first"][c]) for c in retained)
+        worst = max(forgotten, key=lambda c: m["acc"][c]) if forgotten else None
+        return {
+            "forget_acc": round(m["acc"][worst], 4) if worst else None,
+            "forget_ci": wilson(m["hits"][worst], m["n"][worst]) if worst else None,
+            "forget_n": m["n"][worst] if worst else None,
+            "forget_acc_each": {c: round(m["acc"][c], 4) for c in forgotten},
+            "retain_acc_in": relative([c for c in retained if domain_of and DOMAINS[c] == DOMAINS[domain_of]]),
+            "retain_acc_cross": relative([c for c in retained if domain_of and DOMAINS[c] != DOMAINS[domain_of]]),
+            "retain_acc": relative(retained),
+            "unchanged": round(same / max(total, 1), 4),
+            "kid": round(m["kid"], 3), "kid_ratio": round(m["kid"] / self.base["kid"], 4),
+            "accuracy": {c: round(m["acc"][c], 4) for c in concepts},
+        }
 
 
-def run(methods: list[str], sequence: list[tuple[str, str]], params: dict, n_eval: int, eval_seed: int,
-        log=print) -> list[dict]:
-    base = Generator.from_folder(project_path(params.get("paths", {}).get("base", "artifacts/base")))
-    judge = Judge.load(project_path(params.get("paths", {}).get("judge", "artifacts/judge")))
-    real = load_split("test", project_path(params.get("paths", {}).get("prepared", "prepared")))
-    base_params = sum(p.numel() for p in base.unet.parameters())
-    steps = params["sampling"]["steps"]
-    base_acc, base_pred, _, base_kid = measure(base, None, judge, [], real, None, params, n_eval, eval_seed)
-    base_time = sampling_seconds(base, None, steps)
-    rows = []
-    for method in methods:
-        rows.append({"method": method, "step": 0, "concept": None, "forget_acc": None, "retain_acc_in": 1.0,
-                     "retain_acc_cross": 1.0, "unchanged": 1.0, "kid": base_kid, "trainable_params": 0,
-                     "base_params": base_params, "step_seconds": 0.0, "sample_seconds": base_time,
-                     "peak_rss_mb": peak_rss_mb(), "accuracy": base_acc})
-        generator, stack, forgotten = copy.deepcopy(base), AdapterStack(), []
-        for step, (concept, anchor) in enumerate(sequence, start=1):
+def sampling_seconds(generator: Generator, adapters, steps: int, n: int = 64, repeats: int = 2) -> float:
+    """Best of `repeats` timings of n samples (the first call also warms up)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.time()
+        sample(generator, ["tshirt"], n, seed=0, steps=steps, adapters=adapters)
+        best = min(best, time.time() - start)
+    return round(best, 3)
+
+
+class Bench:
+    """What every part shares: the base, the judge, the real test split and the base's evaluation."""
+
+    def __init__(self, params: dict, sequence: list[tuple[str, str | None]], forget_n: int, retain_n: int,
+                 eval_seed: int, parts: Path = RESULTS / "parts"):
+        paths = params.get("paths", {})
+        self.params, self.sequence, self.parts = params, sequence, parts
+        self.base = Generator.from_folder(project_path(paths.get("base", "artifacts/base")))
+        self.judge = Judge.load(project_path(paths.get("judge", "artifacts/judge")))
+        self.real = load_split("test", project_path(paths.get("prepared", "prepared")))
+        self.base_params = sum(p.numel() for p in self.base.unet.parameters())
+        self.eval = Evaluation(self.judge, self.real, params, forget_n, retain_n, eval_seed)
+        self.eval.base = self.eval.measure(self.base, None, [], [c for c, _ in sequence])
+        self.base_sample_seconds = sampling_seconds(self.base, None, params["sampling"]["steps"])
+
+    def base_row(self, method: str, seed: int) -> dict:
+        acc = self.eval.base["acc"]
+        return {"method": method, "seed": seed, "step": 0, "concept": None, "anchor": None, "forget_acc": None,
+                "forget_acc_each": {c: round(acc[c], 4) for c, _ in self.sequence}, "retain_acc_in": 1.0,
+                "retain_acc_cross": 1.0, "retain_acc": 1.0, "unchanged": 1.0, "kid": round(self.eval.base["kid"], 3),
+                "kid_ratio": 1.0, "trainable_params": 0, "base_params": self.base_params, "step_seconds": 0.0,
+                "train_seconds": 0.0, "sample_seconds": self.base_sample_seconds, "peak_rss_mb": round(peak_rss_mb(), 1),
+                "accuracy": {c: round(a, 4) for c, a in acc.items()}}
+
+    def train_step(self, method: str, generator: Generator, stack: AdapterStack, concept: str, anchor: str | None,
+                   forgotten: list[str], params: dict, label: str):
+        """One request for one method: replay from the current model, then train. Returns the new
+        (generator, stack), trainable parameters, training seconds, the anchor and extra row fields."""
+        replay = distill(generator, stack, self.judge, concept, anchor, forgotten, params)
+        anchor = replay.anchor
+        if method == "lethe":
+            result = train_adapter(generator, stack, replay.forget_images, replay.retain_images,
+                                   replay.retain_labels, concept, anchor, params, label=label)
+            return generator, result.stack, result.trainable_params, result.seconds, anchor, {
+                "targets": result.targets, "saliency": result.saliency, "history": result.history[-1:]}
+        start = time.time()
+        pool = build_targets(generator, stack, replay.forget_images, replay.retain_images, replay.retain_labels,
+                             concept, anchor, params["train"])
+        extra = {}
+        if method == "dfr-ft":
+            generator, trainable, _ = train_full_finetune(generator, pool, params)
+        elif method == "esd":
+            generator, trainable, _ = train_esd(generator, pool, params)
+        elif method == "fade-lora":
+            generator, trainable, _, modules = train_lora(generator, pool, params)
+            extra["targets"] = modules
+        else:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        return generator, stack, trainable, round(time.time() - start, 1), anchor, extra
+
+    def run_method(self, method: str, seed: int, log=print) -> list[dict]:
+        params = copy.deepcopy(self.params)
+        params["train"]["seed"] = seed
+        rows = [dict(self.base_row(method, seed))]
+        generator, stack, forgotten = copy.deepcopy(self.base), AdapterStack(), []
+        for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
-            replay = distill(generator, stack, judge, concept, anchor, forgotten, params)
-            if method == "lethe":
-                result = train_adapter(generator, stack, replay.forget_images, replay.retain_images,
-                                       replay.retain_labels, concept, replay.anchor, params)
-                stack, trainable = result.stack, result.trainable_params
-            elif method == "dfr-ft":
-                generator, trainable, _ = train_full_finetune(generator, replay.forget_images, replay.retain_images,
-                                                              replay.retain_labels, concept, replay.anchor, params)
-            else:
-                raise ValueError(f"unknown method {method!r}")
+            generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
+                method, generator, stack, concept, anchor, forgotten, params, label=f"step-{step}")
             forgotten = forgotten + [concept]
-            acc, _, unchanged, kid = measure(generator, stack, judge, forgotten, real, base_pred, params, n_eval,
-                                             eval_seed)
-            seconds = time.time() - started
-            retained = [c for c in generator.concepts if c not in forgotten]
-            domain = DOMAINS[concept]
-
-            def relative(cs):
-                return (sum(acc[c] for c in cs) / max(1e-9, sum(base_acc[c] for c in cs))) if cs else None
-
-            row = {"method": method, "step": step, "concept": concept, "anchor": replay.anchor,
-                   "forget_acc": max(acc[c] for c in forgotten),
-                   "forget_acc_each": {c: acc[c] for c in forgotten},
-                   "retain_acc_in": relative([c for c in retained if DOMAINS[c] == domain]),
-                   "retain_acc_cross": relative([c for c in retained if DOMAINS[c] != domain]),
-                   "unchanged": unchanged, "kid": kid, "trainable_params": trainable, "base_params": base_params,
-                   "step_seconds": round(seconds, 1),
-                   "sample_seconds": round(sampling_seconds(generator, stack, steps), 2),
-                   "peak_rss_mb": round(peak_rss_mb(), 1), "accuracy": acc}
+            row = {"method": method, "seed": seed, "step": step, "concept": concept, "anchor": anchor,
+                   **self.eval.row(generator, stack, forgotten, concept)}
+            row.update(trainable_params=trainable, base_params=self.base_params,
+                       step_seconds=round(time.time() - started, 1), train_seconds=train_seconds,
+                       sample_seconds=sampling_seconds(generator, stack, params["sampling"]["steps"]),
+                       peak_rss_mb=round(peak_rss_mb(), 1), **extra)
             rows.append(row)
-            log(f"{method} step {step} {concept}->{replay.anchor}: forget {row['forget_acc']:.3f} "
-                f"retain in {row['retain_acc_in']:.3f} cross {row['retain_acc_cross']:.3f} "
-                f"unchanged {unchanged:.3f} kid {kid:.2f} ({seconds:.0f}s)")
+            log(f"{method} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
+                f"retain in {row['retain_acc_in']} cross {row['retain_acc_cross']} unchanged {row['unchanged']:.3f} "
+                f"kid x{row['kid_ratio']:.2f} train {train_seconds:.0f}s step {row['step_seconds']:.0f}s")
+        return rows
+
+    def run_retrain(self, steps: int | None, log=print) -> list[dict]:
+        images, labels = load_split("train", project_path(self.params.get("paths", {}).get("prepared", "prepared")))
+        forgotten = [c for c, _ in self.sequence]
+        started = time.time()
+        generator, metrics = retrain_without(images, labels, self.base.labels(forgotten), self.params["base"],
+                                             self.params["data"]["image_size"], steps)
+        row = {"method": "retrain", "seed": self.params["base"]["seed"], "step": len(self.sequence),
+               "concept": forgotten[-1], "anchor": None, "retrain_steps": steps or self.params["base"]["steps"],
+               **self.eval.row(generator, None, forgotten, forgotten[-1])}
+        row.update(trainable_params=self.base_params, base_params=self.base_params,
+                   step_seconds=round(time.time() - started, 1), train_seconds=metrics["train_seconds"],
+                   sample_seconds=sampling_seconds(generator, None, self.params["sampling"]["steps"]),
+                   peak_rss_mb=round(peak_rss_mb(), 1))
+        log(f"retrain ({row['retrain_steps']} steps): forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
+        return [self.base_row("retrain", row["seed"]), row]
+
+    def first_request(self, params: dict):
+        concept, anchor = self.sequence[0]
+        replay = distill(self.base, AdapterStack(), self.judge, concept, anchor, [], params)
+        return concept, replay
+
+    def run_sweep(self, horizons=SWEEP, log=print) -> list[dict]:
+        """Train the first request once, then evaluate it at several ODE horizons (intensity x T)."""
+        concept, replay = self.first_request(self.params)
+        result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
+                               replay.retain_labels, concept, replay.anchor, self.params)
+        rows = []
+        for intensity in horizons:
+            for i in result.new_indices:
+                result.stack.set_intensity(i, intensity)
+            row = {"intensity": intensity, "horizon": intensity * self.params["adapter"]["horizon"],
+                   "concept": concept, "anchor": replay.anchor, "targets": result.targets,
+                   **self.eval.row(self.base, result.stack, [concept], concept)}
+            rows.append(row)
+            log(f"sweep horizon {row['horizon']}: forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
+        return rows
+
+    def run_ablation(self, variants: dict, log=print) -> list[dict]:
+        """Each variant edits the params of the first request; all share its replay sets."""
+        concept, replay = self.first_request(self.params)
+        rows = []
+        for name, (description, edit) in variants.items():
+            params = copy.deepcopy(self.params)
+            edit(params)
+            result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
+                                   replay.retain_labels, concept, replay.anchor, params)
+            row = {"variant": name, "description": description, "concept": concept, "anchor": replay.anchor,
+                   "targets": result.targets, "trainable_params": result.trainable_params,
+                   "train_seconds": result.seconds, "history": result.history[-1:],
+                   **self.eval.row(self.base, result.stack, [concept], concept)}
+            rows.append(row)
+            log(f"ablation {name}: forget {row['forget_acc']:.3f} retain {row['retain_acc']} "
+                f"unchanged {row['unchanged']} kid x{row['kid_ratio']} {result.seconds:.0f}s {result.targets}")
+        return rows
+
+
+def _set(section: str, **values):
+    def edit(params):
+        params[section].update(values)
+    return edit
+
+
+def _weights(**values):
+    def edit(params):
+        params["train"]["weights"].update(values)
+    return edit
+
+
+ABLATIONS = {
+    "default": ("params.yaml as shipped", lambda p: None),
+    "no-smooth": ("without the smoothness term", _weights(smooth=0.0)),
+    "no-start": ("without the retained-trajectory-start term", _weights(start=0.0)),
+    "no-trajectory": ("without either trajectory term", _weights(smooth=0.0, start=0.0)),
+    "drift": ("plus the L2 drift term on the adapter weights (1e-3)", _weights(drift=1e-3)),
+    "sampling-grid": ("deployed on the training grid (4 euler steps) instead of 1 step",
+                      _set("adapter", sampling_steps=None)),
+    "fixed-mid": ("fixed placement: mid_block only", _set("adapter", placement="fixed", targets=["mid_block"])),
+    "fixed-mid-up0": ("fixed placement: mid_block + up_blocks.0",
+                      _set("adapter", placement="fixed", targets=["mid_block", "up_blocks.0"])),
+    "saliency-k1": ("saliency placement, k = 1", _set("adapter", placement="saliency", k=1)),
+    "saliency-wide": ("saliency over every decoder block, 16x16 ones included",
+                      _set("adapter", candidates=["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"])),
+    "rk4": ("rk4 solver, step 0.25 (16 field evaluations)", _set("adapter", solver="rk4", step_size=0.25)),
+}
+
+
+def write(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(path)  # never a half-written result file
+    return path
+
+
+def merge(parts: Path, out: Path, tag: str, methods=METHODS + ("retrain",)) -> list[dict]:
+    """continual.json = every part of this sequence (`tag`), methods in the order of `methods`, then by seed."""
+    order = {m: i for i, m in enumerate(methods)}
+    parts_rows = [json.loads(f.read_text()) for f in sorted(parts.glob(f"continual-*-{tag}.json"))]
+    parts_rows.sort(key=lambda rows: (order.get(rows[0]["method"], len(order)), rows[0]["seed"]))
+    rows = [row for part in parts_rows for row in part]
+    write(rows, out)
     return rows
+
+
+def machine() -> str:
+    import platform
+    import os
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="lethe,dfr-ft")
-    parser.add_argument("--sequence", default=DEFAULT_SEQUENCE, help="concept:anchor pairs, comma-separated")
-    parser.add_argument("--eval-samples", type=int, default=256, help="samples per concept (>= 256 resolves 2%%)")
+    parser.add_argument("part", nargs="?", default="all",
+                        choices=["all", "methods", "retrain", "sweep", "ablation", "merge"])
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    parser.add_argument("--sequence", default=DEFAULT_SEQUENCE,
+                        help="concept:anchor pairs, comma-separated; 'concept:' picks the anchor automatically")
+    parser.add_argument("--forget-samples", type=int, default=256, help="samples per forgotten concept")
+    parser.add_argument("--retain-samples", type=int, default=32, help="samples per retained concept")
     parser.add_argument("--eval-seed", type=int, default=777)
+    parser.add_argument("--retrain-steps", type=int, help="default: the base recipe's steps")
+    parser.add_argument("--variants", default=",".join(ABLATIONS))
     parser.add_argument("--params", help="params file (default: the project's params.yaml)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "continual.json"))
+    parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
     configure_torch()
     params = load_params(args.params)
-    sequence = [tuple(pair.split(":")) for pair in args.sequence.split(",")]
-    rows = run(args.methods.split(","), sequence, params, args.eval_samples, args.eval_seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"wrote {out}")
+    sequence = [(c, a or None) for c, _, a in (pair.partition(":") for pair in args.sequence.split(","))]
+    results = Path(args.results)
+    parts = results / "parts"
+    tag = hashlib.sha256(args.sequence.encode()).hexdigest()[:6]
+    if args.part == "merge":
+        print(f"merged {len(merge(parts, results / 'continual.json', tag))} rows")
+        return 0
+    bench = Bench(params, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts)
+    info = {"machine": machine(), "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
+            "sequence": args.sequence}
+    print(f"{info['machine']}; base sampled in {bench.base_sample_seconds}s", flush=True)
+    if args.part in ("all", "methods"):
+        for method in args.methods.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                write(bench.run_method(method, seed), parts / f"continual-{method}-seed{seed}-{tag}.json")
+    if args.part in ("all", "retrain"):
+        write(bench.run_retrain(args.retrain_steps), parts / f"continual-retrain-{tag}.json")
+    if args.part in ("all", "sweep"):
+        write([dict(r, **info) for r in bench.run_sweep()], results / "sweep.json")
+    if args.part in ("all", "ablation"):
+        variants = {k: ABLATIONS[k] for k in args.variants.split(",")}
+        write([dict(r, **info) for r in bench.run_ablation(variants)], results / "ablation.json")
+    if args.part in ("all", "methods", "retrain"):
+        print(f"merged {len(merge(parts, results / 'continual.json', tag))} rows into {results / 'continual.json'}")
     return 0
 
 

@@ -3,6 +3,8 @@ train -> evaluate -> register -> gate -> promote step on top of the current prod
 """
 from __future__ import annotations
 
+import json
+
 import os
 import tempfile
 import traceback
@@ -156,6 +158,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
         "rejected": "true" if reasons else "false",
         "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
+        "adapter_targets": ",".join(trained.targets),
+        "adapter_saliency": json.dumps({k: float(f"{v:.3g}") for k, v in trained.saliency.items()}),
         "sample_sha256": sample_fingerprint(generator, trained.stack, params["sampling"]["steps"]),
         "metric.forget_acc_max": f"{after['forget_acc_max']:.4f}",
         "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}", "metric.kid": f"{after['kid']:.4f}",

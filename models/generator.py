@@ -13,6 +13,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
 from models.adapter_stack import AdapterStack
+from models.unet_split import Encoded, decode, encode
 
 META_NAME = "lethe.json"
 
@@ -88,6 +89,22 @@ class Generator(nn.Module):
             return self.unet(x, t, class_labels=labels).sample, {}
         with adapters.attached(self.unet, record) as trajectories:
             eps = self.unet(x, t, class_labels=labels).sample
+        return eps, trajectories
+
+    def encode(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+               adapters: AdapterStack | None = None) -> Encoded:
+        """The encoder half of `predict_noise` (adapters on encoder modules apply; decoder ones wait)."""
+        if adapters is None or len(adapters) == 0:
+            return encode(self.unet, x, t, labels)
+        with adapters.attached(self.unet):
+            return encode(self.unet, x, t, labels)
+
+    def decode(self, encoded: Encoded, adapters: AdapterStack | None = None, record: tuple[int, ...] = ()):
+        """The decoder half: `decode(encode(x, t, y))` equals `predict_noise(x, t, y)`."""
+        if adapters is None or len(adapters) == 0:
+            return decode(self.unet, encoded), {}
+        with adapters.attached(self.unet, record) as trajectories:
+            eps = decode(self.unet, encoded)
         return eps, trajectories
 
     def save(self, folder: str | Path) -> Path:

@@ -25,9 +25,10 @@ class BalancedBatches:
         self.order = torch.argsort(labels, stable=True)
         self.counts = torch.bincount(labels)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.present = torch.nonzero(self.counts).flatten()  # a label set may skip concepts (retraining)
         self.rng = torch.Generator().manual_seed(seed)
 
     def draw(self, batch_size: int) -> torch.Tensor:
-        classes = torch.randint(len(self.counts), (batch_size,), generator=self.rng)
+        classes = self.present[torch.randint(len(self.present), (batch_size,), generator=self.rng)]
         offsets = (torch.rand(batch_size, generator=self.rng) * self.counts[classes]).long()
         return self.order[self.starts[classes] + offsets]

@@ -1,8 +1,11 @@
-"""Train: one new ODE adapter per target module on top of the frozen base and the earlier adapters.
+"""Train: one new ODE adapter per chosen module on top of the frozen base and the earlier adapters.
 
 Each batch mixes forget rows (teacher samples of the concept; the student, asked for the concept, must predict
 what the teacher predicts for the anchor) and retain rows (replay of every other concept; the student must
 predict what the teacher predicts). The new adapters' ODE paths carry the trajectory-consistency terms.
+Where the adapters go is either fixed (`adapter.targets`) or chosen per request by forget-loss saliency over
+`adapter.candidates` (`adapter.placement: saliency`). The teacher's targets and the frozen encoder are
+computed once per training row (`models.distill_targets`), so a step runs only the UNet's decoder.
 """
 from __future__ import annotations
 
@@ -15,9 +18,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.adapter_stack import AdapterStack
+from models.distill_targets import DistillTargets
 from models.generator import Generator
 from models.losses import noise_matching, trajectory_smoothness, trajectory_start
 from models.ode_adapter import ODEAdapter, ODEConfig
+from models.saliency import block_saliency, top_k
+from models.unet_split import in_decoder, splittable
+
+PLACEMENTS = ("fixed", "saliency")
 
 
 @dataclass
@@ -27,63 +35,92 @@ class TrainResult:
     trainable_params: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    saliency: dict[str, float] = field(default_factory=dict)
 
 
-def new_student(generator: Generator, teacher: AdapterStack, adapter_params: dict, label: str):
+def batch_split(train: dict) -> tuple[int, int]:
+    """Forget and retain rows per batch."""
+    n_forget = max(1, round(train["batch_size"] * train["forget_fraction"]))
+    if n_forget >= train["batch_size"]:
+        raise ValueError("train.forget_fraction leaves no retain rows in a batch")
+    return n_forget, train["batch_size"] - n_forget
+
+
+def build_targets(generator: Generator, teacher: AdapterStack, forget_images, retain_images, retain_labels,
+                  concept: str, anchor: str, train: dict) -> DistillTargets:
+    """The pool of distillation rows every method of a step trains on (`train.pool_rows`, split like a batch)."""
+    concept_label, anchor_label = generator.labels([concept, anchor])
+    n_forget, n_retain = batch_split(train)
+    rows = train.get("pool_rows") or train["steps"] * train["batch_size"]
+    forget_rows = max(1, round(rows * n_forget / train["batch_size"]))
+    return DistillTargets.build(generator, teacher, forget_images, retain_images, retain_labels, concept_label,
+                                anchor_label, forget_rows, max(1, rows - forget_rows), train["seed"])
+
+
+def choose_targets(generator: Generator, teacher: AdapterStack, targets: DistillTargets, adapter: dict,
+                   rows: int = 64) -> tuple[list[str], dict[str, float]]:
+    """The modules that get this request's adapters, and the saliency scores behind the choice."""
+    placement = adapter.get("placement", "fixed")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"adapter.placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement == "fixed":
+        return list(adapter["targets"]), {}
+    idx = torch.arange(min(rows, targets.n_forget))
+    scores = block_saliency(generator, teacher, list(adapter["candidates"]), targets.xt[idx], targets.t[idx],
+                            targets.student_labels[idx], targets.teacher_eps[idx])
+    return top_k(scores, int(adapter["k"])), scores
+
+
+def new_student(generator: Generator, teacher: AdapterStack, adapter_params: dict, label: str,
+                targets: list[str] | None = None):
     """The teacher's stack, frozen, plus one fresh (identity) adapter per target."""
     student = copy.deepcopy(teacher)
     student.freeze()
     config = ODEConfig(adapter_params["solver"], adapter_params["horizon"], adapter_params["step_size"],
-                       adapter_params["hidden"])
+                       adapter_params["hidden"], adapter_params.get("sampling_steps"))
     new = [student.add(target, ODEAdapter(generator.feature_channels(target), config), label=label)
-           for target in adapter_params["targets"]]
+           for target in (targets or adapter_params["targets"])]
     return student, new
-
-
-def noised_batch(generator: Generator, forget_images, retain_images, retain_labels, concept_label: int,
-                 anchor_label: int, n_forget: int, n_retain: int, rng: torch.Generator):
-    """One training batch: forget rows first, then retain rows, noised at random timesteps.
-    Returns (x_t, t, student labels, teacher labels): forget rows ask the student for the concept and the
-    teacher for the anchor."""
-    f_idx = torch.randint(len(forget_images), (n_forget,), generator=rng)
-    r_idx = torch.randint(len(retain_images), (n_retain,), generator=rng)
-    x0 = torch.cat([forget_images[f_idx], retain_images[r_idx]])
-    student_labels = torch.cat([torch.full((n_forget,), concept_label), retain_labels[r_idx]])
-    teacher_labels = torch.cat([torch.full((n_forget,), anchor_label), retain_labels[r_idx]])
-    noise = torch.randn(x0.shape, generator=rng)
-    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
-    return generator.scheduler.add_noise(x0, noise, t), t, student_labels, teacher_labels
 
 
 def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: torch.Tensor,
                   retain_images: torch.Tensor, retain_labels: torch.Tensor, concept: str, anchor: str,
                   params: dict, label: str = "", progress=None) -> TrainResult:
     """`params` holds the `adapter` and `train` sections of params.yaml."""
-    train = params["train"]
+    train, weights = params["train"], params["train"]["weights"]
+    start = time.time()
     torch.manual_seed(train["seed"])
     rng = torch.Generator().manual_seed(train["seed"])
     generator.requires_grad_(False)
-    student, new = new_student(generator, teacher, params["adapter"], label)
+    pool = build_targets(generator, teacher, forget_images, retain_images, retain_labels, concept, anchor, train)
+    targets, saliency = choose_targets(generator, teacher, pool, params["adapter"])
+    if splittable(generator.unet) and all(in_decoder(t) for t in targets):
+        pool.cache_encoder(generator, teacher)  # the student's encoder is the teacher's: frozen
+    student, new = new_student(generator, teacher, params["adapter"], label, targets)
     trainable = [p for i in new for p in student.adapters[i].parameters()]
+    initial = [p.detach().clone() for p in trainable]
     optimiser = torch.optim.Adam(trainable, lr=train["lr"])
-    weights = train["weights"]
-    n_forget = max(1, round(train["batch_size"] * train["forget_fraction"]))
-    n_retain = train["batch_size"] - n_forget
-    concept_label, anchor_label = generator.labels([concept, anchor])
+    n_forget, n_retain = batch_split(train)
     grids = {i: student.adapters[i].grid(student.slots[i].intensity) for i in new}
-    history, start = [], time.time()
+    retain_rows = torch.arange(n_forget, n_forget + n_retain)
+    history = []
     for step in range(1, train["steps"] + 1):
-        xt, t, student_labels, teacher_labels = noised_batch(generator, forget_images, retain_images, retain_labels,
-                                                             concept_label, anchor_label, n_forget, n_retain, rng)
-        with torch.no_grad():
-            teacher_eps, _ = generator.predict_noise(xt, t, teacher_labels, teacher)
-        student_eps, paths = generator.predict_noise(xt, t, student_labels, student, record=tuple(new))
+        idx = pool.draw(n_forget, n_retain, rng)
+        if pool.encoded is not None:
+            student_eps, paths = generator.decode(pool.encoded.rows(idx), student, record=tuple(new))
+        else:
+            student_eps, paths = generator.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx],
+                                                         student, record=tuple(new))
+        target = pool.teacher_eps[idx]
         losses = {
-            "forget": noise_matching(student_eps[:n_forget], teacher_eps[:n_forget]),
-            "retain": noise_matching(student_eps[n_forget:], teacher_eps[n_forget:]),
+            "forget": noise_matching(student_eps[:n_forget], target[:n_forget]),
+            "retain": noise_matching(student_eps[n_forget:], target[n_forget:]),
             "smooth": sum(trajectory_smoothness(paths[i], grids[i]) for i in new),
-            "start": sum(trajectory_start(paths[i], torch.arange(n_forget, len(xt))) for i in new),
+            "start": sum(trajectory_start(paths[i], retain_rows) for i in new),
         }
+        if weights.get("drift", 0.0):
+            losses["drift"] = sum((p - p0).pow(2).sum() for p, p0 in zip(trainable, initial))
         loss = sum(weights[k] * v for k, v in losses.items())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,8 +130,10 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
             if progress:
                 progress(step, train["steps"], history[-1])
     student.freeze()
+    for i in new:  # trained on [0, T]; run on [0, intensity * T] (LEGATO: the horizon sets forgetting strength)
+        student.set_intensity(i, params["adapter"].get("intensity", 1.0))
     params_count = sum(p.numel() for i in new for p in student.adapters[i].parameters())
-    return TrainResult(student, new, params_count, round(time.time() - start, 1), history)
+    return TrainResult(student, new, params_count, round(time.time() - start, 1), history, targets, saliency)
 
 
 train_adapter_task = task(train_adapter, name="train-ode-adapter", cache_policy=NO_CACHE)

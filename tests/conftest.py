@@ -45,9 +45,9 @@ def small_params(**overrides) -> dict:
     params = copy.deepcopy(load_params(PROJECT_ROOT / "params.yaml"))
     params["sampling"].update(steps=4, batch_size=256)
     params["distill"].update(replay_per_concept=4)
-    params["train"].update(steps=6, batch_size=8)
+    params["train"].update(steps=6, batch_size=8, pool_rows=64)
     params["eval"].update(samples_per_concept=4, kid_subset=10, device="cpu")
-    params["adapter"].update(targets=["mid_block"])
+    params["adapter"].update(targets=["mid_block"], candidates=["mid_block", "up_blocks.0", "up_blocks.1"], k=1)
     params.update(overrides)
     return params
 

@@ -1,23 +1,57 @@
-"""Mechanics of the continual benchmark (not its targets): every method runs the sequence on a tiny fixture
-and writes the rows a checking script expects."""
+"""Mechanics of the continual benchmark (not its targets): every part runs on a tiny fixture and writes the
+rows a checking script expects."""
 import json
+import math
 
-from benchmarks.continual import main
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from benchmarks.continual import main, wilson
+from models.concepts import CONCEPTS
 
 FIELDS = {"method", "step", "concept", "forget_acc", "retain_acc_in", "retain_acc_cross", "kid", "trainable_params",
           "base_params", "step_seconds", "sample_seconds", "peak_rss_mb"}
+pytestmark = pytest.mark.slow
 
 
-def test_both_methods_run_the_sequence_and_write_the_rows(tiny_pipeline, tmp_path):
-    out = tmp_path / "continual.json"
-    assert main(["--methods", "lethe,dfr-ft", "--sequence", "trouser:dress,digit_3:digit_8", "--eval-samples", "4",
-                 "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())
-    assert [(r["method"], r["step"]) for r in rows] == [("lethe", 0), ("lethe", 1), ("lethe", 2),
-                                                         ("dfr-ft", 0), ("dfr-ft", 1), ("dfr-ft", 2)]
+def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatch):
+    _, params = tiny_pipeline
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(4)
+    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+              f"{params['paths']['prepared']}/train.safetensors")
+    params["base"].update(block_channels=[16, 32], steps=2, batch_size=8)
+    path = tmp_path / "bench-params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    results = tmp_path / "results"
+    common = ["--sequence", "trouser:dress,digit_3:", "--forget-samples", "4", "--retain-samples", "2",
+              "--params", str(path), "--results", str(results)]
+    assert main(["methods", "--methods", "lethe,dfr-ft,fade-lora,esd", *common]) == 0
+    assert main(["retrain", *common]) == 0
+    rows = json.loads((results / "continual.json").read_text())
+    assert [(r["method"], r["step"]) for r in rows] == [(m, s) for m in ("lethe", "dfr-ft", "fade-lora", "esd")
+                                                        for s in (0, 1, 2)] + [("retrain", 0), ("retrain", 2)]
     assert all(FIELDS <= set(r) for r in rows)
-    lethe, full = rows[2], rows[5]
+    lethe, full, lora = rows[2], rows[5], rows[8]
     assert set(lethe["forget_acc_each"]) == {"trouser", "digit_3"}
-    assert 0 < lethe["trainable_params"] < 0.05 * lethe["base_params"]  # one adapter per request
+    assert lethe["anchor"] != "digit_3" and lethe["anchor"] in CONCEPTS  # picked automatically
+    assert 0 < lethe["trainable_params"] < 0.05 * lethe["base_params"]  # one small adapter per request
     assert full["trainable_params"] == full["base_params"]  # full fine-tune
+    assert 0 < lora["trainable_params"] < 0.05 * lora["base_params"] and lora["targets"]
     assert rows[0]["forget_acc"] is None and rows[0]["retain_acc_in"] == 1.0
+    assert lethe["forget_n"] == 4 and len(lethe["forget_ci"]) == 2
+    assert main(["sweep", *common]) == 0
+    sweep = json.loads((results / "sweep.json").read_text())
+    assert [r["intensity"] for r in sweep] == [0.5, 0.75, 1.0, 1.5, 2.0]
+    assert main(["ablation", "--variants", "default,no-trajectory,fixed-mid", *common]) == 0
+    ablation = json.loads((results / "ablation.json").read_text())
+    assert [r["variant"] for r in ablation] == ["default", "no-trajectory", "fixed-mid"]
+    assert ablation[2]["targets"] == ["mid_block"]
+
+
+def test_wilson_interval_brackets_the_proportion():
+    lo, hi = wilson(5, 256)
+    assert lo < 5 / 256 < hi and hi < 0.05
+    lo0, hi0 = wilson(0, 256)
+    assert lo0 == 0.0 and math.isclose(hi0, 0.0148, abs_tol=1e-3)  # 0/256 still allows up to ~1.5%

@@ -41,7 +41,21 @@ def test_trained_field_moves_features_monotonically_with_intensity():
     assert adapter(h, 1.0).mean().item() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(solver="dopri5"), dict(horizon=0), dict(step_size=-1), dict(hidden=0)])
+def test_deployed_adapter_integrates_on_the_sampling_grid_and_training_sees_the_fine_grid():
+    config = ODEConfig(solver="euler", horizon=1.0, step_size=0.25, sampling_steps=1)
+    adapter = ODEAdapter(8, config)
+    torch.nn.init.normal_(adapter.field.outer.weight, std=0.5)
+    h = torch.randn(2, 8, 4, 4)
+    assert torch.equal(adapter(h), adapter.trajectory(h, steps=1)[-1])
+    assert adapter.trajectory(h).shape[0] == 5  # training records the 4-step path
+    assert not torch.allclose(adapter(h), adapter.trajectory(h)[-1])  # a curved field: the grids differ
+    torch.nn.init.zeros_(adapter.field.outer.weight)
+    torch.nn.init.constant_(adapter.field.outer.bias, 0.7)  # a straight path: one step is exact
+    assert torch.allclose(adapter(h, 1.5), adapter.trajectory(h, 1.5)[-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(solver="dopri5"), dict(horizon=0), dict(step_size=-1), dict(hidden=0),
+                                 dict(sampling_steps=0)])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         ODEConfig(**bad)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from models.adapter_stack import AdapterStack
@@ -15,7 +16,7 @@ def test_training_adds_one_adapter_per_target_and_keeps_everything_else_frozen()
     teacher.add("mid_block", old)
     teacher_hash = teacher.sha256()
     params = small_params()
-    params["adapter"]["targets"] = ["mid_block", "up_blocks.0"]
+    params["adapter"].update(placement="fixed", targets=["mid_block", "up_blocks.0"])
     forget = torch.rand(6, 1, 16, 16) * 2 - 1
     retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
     result = train_adapter(generator, teacher, forget, retain, labels, "trouser", "dress", params, label="r1")
@@ -27,3 +28,24 @@ def test_training_adds_one_adapter_per_target_and_keeps_everything_else_frozen()
     assert result.trainable_params == sum(p.numel() for i in (1, 2) for p in result.stack.adapters[i].parameters())
     assert result.stack.trainable_parameters() == 0  # frozen once trained
     assert len(result.history) >= 1 and {"forget", "retain", "smooth", "start"} <= set(result.history[-1])
+
+
+def test_saliency_placement_puts_the_adapters_on_the_top_k_candidates():
+    generator = tiny_generator()
+    params = small_params()
+    params["adapter"].update(placement="saliency", k=2)
+    forget = torch.rand(6, 1, 16, 16) * 2 - 1
+    retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
+    result = train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
+    assert set(result.saliency) == set(params["adapter"]["candidates"])
+    ranked = sorted(result.saliency, key=result.saliency.get, reverse=True)[:2]
+    assert sorted(result.targets) == sorted(ranked)
+    assert [s.target for s in result.stack.slots] == result.targets
+
+
+def test_bad_placement_is_refused():
+    params = small_params()
+    params["adapter"]["placement"] = "everywhere"
+    x = torch.rand(6, 1, 16, 16)
+    with pytest.raises(ValueError, match="placement"):
+        train_adapter(tiny_generator(), AdapterStack(), x, x, torch.randint(2, 20, (6,)), "trouser", "dress", params)

@@ -1,0 +1,399 @@
+"""Benchmark report: turns the JSON written by the benchmark scripts into PNG plots and Markdown tables.
+
+    python benchmarks/report.py [--results DIR] [--markdown OUT.md]
+
+Reads (each optional, a missing file skips its section) DIR/continual.json, DIR/sweep.json and
+DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md (or writes it to
+OUT.md). Kept separate from the benchmarks themselves so tables and figures can be regenerated without
+re-running any training. Missing or null values are shown as "–" rather than failing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DASH = "–"
+
+# (key, title, y label, scale applied before plotting): fractions are plotted as percentages.
+CONTINUAL_METRICS = [
+    ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
+    ("retain_acc_in", "Retained accuracy, same domain", "% of base", 100.0),
+    ("retain_acc_cross", "Retained accuracy, other domain", "% of base", 100.0),
+    ("kid", "KID on retained concepts", "KID (lower is better)", 1.0),
+    ("step_seconds", "Wall time per step", "seconds", 1.0),
+    ("sample_seconds", "Sampling time (64 images)", "seconds", 1.0),
+]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load(results_dir: Path, name: str) -> list[dict] | None:
+    """Rows of one result file, or None when the benchmark has not been run (its section is skipped)."""
+    path = Path(results_dir) / name
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())
+    return rows if isinstance(rows, list) and rows else None
+
+
+def in_order(values) -> list:
+    """Distinct values in first-seen order, so methods appear in the order the benchmark ran them."""
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def by_method_step(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """Rows grouped by method then step; several rows in one group are several training seeds."""
+    groups: dict[str, dict[int, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault(row["method"], {}).setdefault(int(row["step"]), []).append(row)
+    return {m: dict(sorted(steps.items())) for m, steps in groups.items()}
+
+
+def spread(rows: list[dict], key: str) -> tuple[float, float, float, int] | None:
+    """Mean, min, max and count of a key over seeds, ignoring nulls; None when no row has a value."""
+    values = [float(r[key]) for r in rows if r.get(key) is not None]
+    if not values:
+        return None
+    return sum(values) / len(values), min(values), max(values), len(values)
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+
+
+def pct(value, digits: int = 1) -> str:
+    return DASH if value is None else f"{100 * value:.{digits}f}%"
+
+
+def num(value, fmt: str = ".2f") -> str:
+    return DASH if value is None else format(value, fmt)
+
+
+def agg(rows: list[dict], key: str, percent: bool = False, fmt: str = ".2f") -> str:
+    """Mean ± half-range over seeds (just the value for a single seed)."""
+    s = spread(rows, key)
+    if s is None:
+        return DASH
+    mean, lo, hi, n = s
+    scale, unit, fmt = (100.0, "%", ".1f") if percent else (1.0, "", fmt)
+    text = format(mean * scale, fmt)
+    if n > 1:
+        text += f" ± {format((hi - lo) / 2 * scale, fmt)}"
+    return text + unit
+
+
+def forget_cell(row: dict) -> str:
+    """Forget accuracy with its Wilson interval when the benchmark recorded one."""
+    text = pct(row.get("forget_acc"))
+    ci = row.get("forget_ci")
+    if row.get("forget_acc") is not None and ci and None not in ci:
+        text += f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+    return text
+
+
+def kid_cell(row: dict) -> str:
+    text = num(row.get("kid"), ".4f")
+    if row.get("kid") is not None and row.get("kid_ratio") is not None:
+        text += f" (×{row['kid_ratio']:.2f})"
+    return text
+
+
+def params_cell(row: dict) -> str:
+    """Trainable parameters and their share of the base UNet, the cost axis of the comparison."""
+    trainable, base = row.get("trainable_params"), row.get("base_params")
+    if trainable is None:
+        return DASH
+    text = f"{int(trainable):,}"
+    if base:
+        text += f" ({100 * trainable / base:.2f}%)"
+    return text
+
+
+def request_cell(row: dict) -> str:
+    if int(row.get("step", 0)) == 0:
+        return "base"
+    concept, anchor = row.get("concept"), row.get("anchor")
+    if concept is None:
+        return DASH
+    return f"{concept} → {anchor}" if anchor else str(concept)
+
+
+def table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def image_link(path: Path, alt: str) -> str:
+    """Link relative to the repo root (where BENCHMARKS.md lives) when possible."""
+    path = Path(path).resolve()
+    try:
+        path = path.relative_to(ROOT)
+    except ValueError:
+        pass
+    return f"![{alt}]({path.as_posix()})"
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def plot_metric(ax, groups: dict[str, dict[int, list[dict]]], key: str, title: str, ylabel: str,
+                scale: float) -> None:
+    """One line per method over steps; min/max error bars where several seeds ran."""
+    for index, (method, steps) in enumerate(groups.items()):
+        color = f"C{index % 10}"  # fixed per method, so colours match across every figure
+        xs, ys, lows, highs = [], [], [], []
+        for step, rows in steps.items():
+            s = spread(rows, key)
+            if s is None:
+                continue
+            mean, lo, hi, _ = s
+            xs.append(step)
+            ys.append(mean * scale)
+            lows.append((mean - lo) * scale)
+            highs.append((hi - mean) * scale)
+        if not xs:
+            continue
+        if any(lows) or any(highs):
+            ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, color=color, label=method)
+        else:
+            ax.plot(xs, ys, marker="o", color=color, label=method)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("unlearning step")
+    ax.set_ylabel(ylabel)
+    all_steps = sorted({step for steps in groups.values() for step in steps})
+    if all_steps:
+        ax.set_xticks(all_steps)
+    ax.grid(alpha=0.3)
+
+
+def plot_continual(rows: list[dict], plots: Path) -> list[Path]:
+    """One PNG per metric plus a 2x3 overview (continual.png)."""
+    groups = by_method_step(rows)
+    written = []
+    for key, title, ylabel, scale in CONTINUAL_METRICS:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot_metric(ax, groups, key, title, ylabel, scale)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = plots / f"continual_{key}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (key, title, ylabel, scale) in zip(axes.flat, CONTINUAL_METRICS):
+        plot_metric(ax, groups, key, title, ylabel, scale)
+    found = {}
+    for ax in axes.flat:  # union of methods: a method may lack values for some metric
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, h)
+    labels = [m for m in groups if m in found]  # benchmark order, not drawing order
+    handles = [found[m] for m in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = plots / "continual.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return written + [path]
+
+
+def plot_sweep(rows: list[dict], plots: Path) -> Path:
+    """Forget and retained accuracy against the distillation horizon, labelled with its multiplier."""
+    rows = sorted(rows, key=lambda r: (r.get("horizon") is None, r.get("horizon") or 0))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("forget_acc", "forget accuracy"), ("retain_acc", "retained accuracy (% of base)")):
+        points = [(r["horizon"], 100 * r[key]) for r in rows
+                  if r.get("horizon") is not None and r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    for r in rows:
+        if r.get("horizon") is not None and r.get("intensity") is not None and r.get("forget_acc") is not None:
+            ax.annotate(f"×{r['intensity']:g}", (r["horizon"], 100 * r["forget_acc"]),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.margins(y=0.12)  # room for the intensity labels
+    ax.set_title("Intensity sweep", fontsize=10)
+    ax.set_xlabel("horizon")
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = plots / "sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def ablation_label(row: dict, repeated: bool) -> str:
+    """Variant name, with its step when the same variant was measured at several steps."""
+    label = str(row.get("variant", DASH))
+    if repeated and row.get("step") is not None:
+        label += f" @{row['step']}"
+    return label
+
+
+def plot_ablation(rows: list[dict], plots: Path) -> Path:
+    """Horizontal bars of forget and retained accuracy per variant, one pair per row."""
+    names = [r.get("variant") for r in rows]
+    labels = [ablation_label(r, names.count(r.get("variant")) > 1) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.5 * len(rows)))
+    height = 0.38
+    ys = range(len(rows))
+    for offset, key, label in ((-height / 2, "forget_acc", "forget accuracy"),
+                               (height / 2, "retain_acc", "retained accuracy (% of base)")):
+        values = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]  # no bar for null
+        ax.barh([y + offset for y in ys], values, height=height, label=label)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()  # first variant (usually the full method) on top
+    ax.set_xlabel("%")
+    ax.set_title("Ablations", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (1.5 + 0.5 * len(rows)), 1, 1))
+    path = plots / "ablation.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_all(results_dir: Path = RESULTS) -> list[Path]:
+    """Write every plot whose input exists; returns the paths written."""
+    results_dir = Path(results_dir)
+    plots = results_dir / "plots"
+    written = []
+    continual, sweep, ablation = (load(results_dir, n) for n in ("continual.json", "sweep.json", "ablation.json"))
+    if continual or sweep or ablation:
+        plots.mkdir(parents=True, exist_ok=True)
+    if continual:
+        written += plot_continual(continual, plots)
+    if sweep:
+        written.append(plot_sweep(sweep, plots))
+    if ablation:
+        written.append(plot_ablation(ablation, plots))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- markdown
+
+
+def continual_markdown(rows: list[dict], plots: Path) -> str:
+    """Per-method step tables, then the last step of every method side by side."""
+    groups = by_method_step(rows)
+    out = ["## Per-step results", ""]
+    header = ["step", "concept → anchor", "forget acc", "retain in-domain", "retain cross-domain", "unchanged",
+              "KID", "trainable params", "step s", "sampling s", "peak RSS MB"]
+    for method, steps in groups.items():
+        seeded = len({r.get("seed") for rs in steps.values() for r in rs}) > 1
+        body = []
+        for step, step_rows in steps.items():
+            for row in sorted(step_rows, key=lambda r: (r.get("seed") is None, r.get("seed") or 0)):
+                cells = [str(step), request_cell(row), forget_cell(row), pct(row.get("retain_acc_in")),
+                         pct(row.get("retain_acc_cross")), pct(row.get("unchanged")), kid_cell(row),
+                         params_cell(row), num(row.get("step_seconds"), ".1f"),
+                         num(row.get("sample_seconds"), ".2f"), num(row.get("peak_rss_mb"), ".0f")]
+                if seeded:
+                    cells.insert(1, DASH if row.get("seed") is None else str(row["seed"]))
+                body.append(cells)
+        method_header = header[:1] + ["seed"] + header[1:] if seeded else header
+        out += [f"### {method}", "", table(method_header, body), ""]
+    for key, title, _, _ in CONTINUAL_METRICS:
+        out.append(image_link(plots / f"continual_{key}.png", title))
+    out += ["", "## Final step, all methods", "",
+            "Last step of each method; mean ± half-range over training seeds where several ran.", ""]
+    body = []
+    for method, steps in groups.items():
+        last = max(steps)
+        final = steps[last]
+        seeds = len(final)
+        # Total wall time over the whole sequence, per seed, then averaged like the other columns.
+        totals: dict = {}
+        for step_rows in steps.values():
+            for r in step_rows:
+                if r.get("step_seconds") is not None:
+                    totals[r.get("seed")] = totals.get(r.get("seed"), 0.0) + r["step_seconds"]
+        total_rows = [{"total": t} for t in totals.values()]
+        forget = forget_cell(final[0]) if seeds == 1 else agg(final, "forget_acc", percent=True)
+        kid = kid_cell(final[0]) if seeds == 1 else agg(final, "kid", fmt=".4f")
+        body.append([method, str(last), str(seeds), forget, agg(final, "retain_acc_in", percent=True),
+                     agg(final, "retain_acc_cross", percent=True), agg(final, "unchanged", percent=True), kid,
+                     params_cell(final[0]), agg(final, "step_seconds", fmt=".1f"),
+                     agg(total_rows, "total", fmt=".1f"), agg(final, "sample_seconds"),
+                     agg(final, "peak_rss_mb", fmt=".0f")])
+    out += [table(["method", "step", "seeds", "forget acc", "retain in-domain", "retain cross-domain",
+                   "unchanged", "KID", "trainable params", "step s", "total s (all steps)", "sampling s",
+                   "peak RSS MB"], body), "", image_link(plots / "continual.png", "Continual unlearning"), ""]
+    return "\n".join(out)
+
+
+def sweep_markdown(rows: list[dict], plots: Path) -> str:
+    rows = sorted(rows, key=lambda r: (r.get("intensity") is None, r.get("intensity") or 0))
+    body = [[num(r.get("intensity"), "g"), num(r.get("horizon"), "g"), pct(r.get("forget_acc")),
+             pct(r.get("retain_acc")), pct(r.get("unchanged")), num(r.get("kid"), ".4f")] for r in rows]
+    return "\n".join(["## Intensity sweep", "",
+                      table(["intensity", "horizon", "forget acc", "retain (% of base)", "unchanged", "KID"], body),
+                      "", image_link(plots / "sweep.png", "Intensity sweep"), ""])
+
+
+def ablation_markdown(rows: list[dict], plots: Path) -> str:
+    with_step = any(r.get("step") is not None or r.get("concept") is not None for r in rows)
+    header = ["variant", "description", "targets", "forget acc", "retain (% of base)", "unchanged", "KID",
+              "trainable params", "train s"]
+    if with_step:
+        header[1:1] = ["step", "concept"]
+    body = []
+    for r in rows:
+        targets = r.get("targets")
+        cells = [str(r.get("variant", DASH)), str(r.get("description") or DASH),
+                 ", ".join(targets) if targets else DASH, pct(r.get("forget_acc")), pct(r.get("retain_acc")),
+                 pct(r.get("unchanged")), num(r.get("kid"), ".4f"), params_cell(r),
+                 num(r.get("train_seconds"), ".1f")]
+        if with_step:
+            cells[1:1] = [DASH if r.get("step") is None else str(r["step"]), str(r.get("concept") or DASH)]
+        body.append(cells)
+    return "\n".join(["## Ablations", "", table(header, body), "", image_link(plots / "ablation.png", "Ablations"),
+                      ""])
+
+
+def markdown(results_dir: Path = RESULTS) -> str:
+    """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
+    results_dir = Path(results_dir)
+    plots = results_dir / "plots"
+    sections = []
+    for name, render in (("continual.json", continual_markdown), ("sweep.json", sweep_markdown),
+                         ("ablation.json", ablation_markdown)):
+        rows = load(results_dir, name)
+        if rows:
+            sections.append(render(rows, plots))
+    return "\n".join(sections) if sections else "_No benchmark results found._\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(RESULTS), help="folder holding the benchmark JSON files")
+    parser.add_argument("--markdown", default=None, help="write the Markdown here instead of printing it")
+    args = parser.parse_args()
+    results_dir = Path(args.results)
+    plot_all(results_dir)
+    text = markdown(results_dir)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

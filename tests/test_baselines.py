@@ -1,0 +1,84 @@
+"""Mechanics of the benchmark's baselines on a tiny generator (not their quality): what each one trains,
+that the teacher is left untouched, and that each loss is the one its source describes."""
+import copy
+
+import torch
+
+from benchmarks.baselines import (negative_guidance_targets, retrain_without, train_esd, train_full_finetune,
+                                  train_lora, weight_saliency)
+from models.concepts import CONCEPTS
+from models.generator import build_unet
+from tasks.settings import load_params
+from tasks.train_adapter import build_targets
+from tests.conftest import small_params, tiny_generator
+
+
+def pool_and_teacher():
+    generator = tiny_generator()
+    forget = torch.rand(4, 1, 16, 16) * 2 - 1
+    retain, labels = torch.rand(8, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (8,))
+    params = small_params()
+    pool = build_targets(generator, None, forget, retain, labels, "trouser", "dress", params["train"])
+    return generator, pool, params
+
+
+def state(generator):
+    return {k: v.clone() for k, v in generator.unet.state_dict().items()}
+
+
+def changed(a, b):
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_dfr_ft_trains_every_weight_of_a_copy():
+    teacher, pool, params = pool_and_teacher()
+    before = state(teacher)
+    student, trainable, _ = train_full_finetune(teacher, pool, params)
+    assert changed(before, state(teacher)) == []
+    assert trainable == sum(p.numel() for p in teacher.unet.parameters())
+    assert len(changed(before, state(student))) > 0.5 * len(before)
+    assert not any(p.requires_grad for p in student.unet.parameters())
+
+
+def test_esd_target_is_negative_guidance_away_from_the_concept():
+    teacher, pool, params = pool_and_teacher()
+    targets = negative_guidance_targets(teacher, pool, eta=2.0)
+    xt, t, labels = pool.xt[:pool.n_forget], pool.t[:pool.n_forget], pool.student_labels[:pool.n_forget]
+    cond, _ = teacher.predict_noise(xt, t, labels)
+    uncond, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
+    assert torch.allclose(targets, uncond - 2.0 * (cond - uncond), atol=1e-6)
+    before = state(teacher)
+    student, trainable, _ = train_esd(teacher, pool, params)
+    assert changed(before, state(teacher)) == [] and len(changed(before, state(student))) > 0
+    assert trainable == sum(p.numel() for p in teacher.unet.parameters())
+
+
+def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_them():
+    teacher, pool, params = pool_and_teacher()
+    params["train"].update(lora_rank=2, lora_modules=3, lora_lr=1e-2)
+    scores = weight_saliency(teacher, pool)
+    assert not any(p.requires_grad for p in teacher.unet.parameters())
+    before = state(teacher)
+    student, trainable, _, modules = train_lora(teacher, pool, params)
+    ranked = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")]
+    assert modules == ranked[:3]
+    convs = dict(teacher.unet.named_modules())
+    assert trainable == sum(2 * (convs[m].in_channels * convs[m].kernel_size[0] * convs[m].kernel_size[1]
+                                 + convs[m].out_channels) for m in modules)
+    assert changed(before, state(teacher)) == []
+    assert set(state(student)) == set(before)  # merged: plain weights, no lora_A/lora_B left
+    assert sorted(k.rsplit(".", 1)[0] for k in changed(before, state(student))) == sorted(modules)
+
+
+def test_retrain_never_sees_the_forgotten_concepts():
+    params = copy.deepcopy(load_params()["base"])
+    params.update(block_channels=[16, 32], steps=2, batch_size=16)
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(3)
+    images = torch.rand(len(labels), 1, 16, 16) * 2 - 1
+    generator, metrics = retrain_without(images, labels, [1, 13], params, 16)
+    torch.manual_seed(params["seed"])
+    fresh = build_unet(16, 1, len(CONCEPTS), params["block_channels"], params["layers_per_block"])
+    trained, initial = generator.unet.class_embedding.weight, fresh.class_embedding.weight
+    assert torch.equal(trained[[1, 13]], initial[[1, 13]])  # never drawn, so never updated
+    assert not torch.equal(trained[[0, 2]], initial[[0, 2]])
+    assert metrics["parameters"] == sum(p.numel() for p in generator.unet.parameters())

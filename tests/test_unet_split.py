@@ -1,0 +1,50 @@
+"""The UNet cut in two (encoder cached, decoder trained) computes exactly what the whole UNet computes."""
+import torch
+
+from models.adapter_stack import AdapterStack
+from models.distill_targets import DistillTargets
+from models.ode_adapter import ODEAdapter
+from models.unet_split import Encoded, in_decoder, splittable
+from tests.conftest import tiny_generator
+
+
+def test_decode_of_encode_equals_the_full_forward_pass_with_adapters():
+    generator = tiny_generator()
+    stack = AdapterStack()
+    for target in ("mid_block", "up_blocks.0", "down_blocks.0.resnets.0"):
+        adapter = ODEAdapter(generator.feature_channels(target))
+        torch.nn.init.normal_(adapter.field.outer.weight, std=0.2)
+        stack.add(target, adapter)
+    x, t, y = torch.randn(5, 1, 16, 16), torch.randint(0, 100, (5,)), torch.randint(0, 21, (5,))
+    whole, _ = generator.predict_noise(x, t, y, stack)
+    split, _ = generator.decode(generator.encode(x, t, y, stack), stack)
+    assert torch.equal(whole, split)
+    plain, _ = generator.predict_noise(x, t, y)
+    assert not torch.allclose(plain, whole)  # the adapters did act
+    rows = Encoded.cat([generator.encode(x[:2], t[:2], y[:2]), generator.encode(x[2:], t[2:], y[2:])])
+    assert torch.allclose(generator.decode(rows.rows(torch.tensor([4, 0])))[0], plain[[4, 0]], atol=1e-5)
+
+
+def test_only_decoder_modules_count_as_decoder_and_the_unet_splits():
+    assert splittable(tiny_generator().unet)
+    assert in_decoder("mid_block") and in_decoder("up_blocks.1.resnets.0")
+    assert not in_decoder("down_blocks.0") and not in_decoder("conv_in")
+
+
+def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
+    generator = tiny_generator()
+    forget, retain = torch.rand(3, 1, 16, 16), torch.rand(6, 1, 16, 16)
+    retain_labels = torch.tensor([2, 3, 4, 5, 6, 7])
+    pool = DistillTargets.build(generator, None, forget, retain, retain_labels, 1, 3, forget_rows=4,
+                                retain_rows=8, seed=0)
+    assert len(pool) == 12 and pool.n_forget == 4
+    assert pool.student_labels[:4].tolist() == [1] * 4 and set(pool.student_labels[4:].tolist()) <= set(range(2, 8))
+    anchor_eps, _ = generator.predict_noise(pool.xt[:4], pool.t[:4], torch.full((4,), 3))
+    assert torch.allclose(pool.teacher_eps[:4], anchor_eps, atol=1e-6)
+    same, _ = generator.predict_noise(pool.xt[4:], pool.t[4:], pool.student_labels[4:])
+    assert torch.allclose(pool.teacher_eps[4:], same, atol=1e-6)
+    idx = pool.draw(2, 3, torch.Generator().manual_seed(0))
+    assert (idx[:2] < 4).all() and (idx[2:] >= 4).all()
+    pool.cache_encoder(generator, None)
+    assert torch.allclose(generator.decode(pool.encoded)[0], generator.predict_noise(
+        pool.xt, pool.t, pool.student_labels)[0], atol=1e-6)
