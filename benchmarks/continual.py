@@ -94,12 +94,17 @@ class Evaluation:
             out["acc"][c] = float((mine == i).float().mean())
             out["hits"][c], out["n"][c] = int((mine == i).sum()), len(mine)
             out["first"][c] = mine[:self.retain_n]  # the base comparison uses the common prefix
-        retained = [c for c in concepts if c not in forgotten]
-        keep = torch.isin(labels, torch.tensor(generator.labels(retained)))
-        real_keep = torch.isin(self.real[1], torch.tensor(generator.labels(retained)))
-        out["kid"] = kid_score(self.judge, self.real[0][real_keep], images[keep], self.params["eval"]["kid_subset"],
-                               "cpu")
+        out["images"], out["labels"] = images, labels
+        out["kid"] = self.kid(out, [c for c in concepts if c not in forgotten], concepts)
         return out
+
+    def kid(self, result: dict, retained: list[str], concepts: list[str]) -> float:
+        """KID of the first `retain_n` samples of every retained concept (a balanced set, like the real one)."""
+        keep = torch.cat([torch.nonzero(result["labels"] == concepts.index(c)).flatten()[:self.retain_n]
+                          for c in retained])
+        real_keep = torch.isin(self.real[1], torch.tensor([concepts.index(c) for c in retained]))
+        return kid_score(self.judge, self.real[0][real_keep], result["images"][keep],
+                         self.params["eval"]["kid_subset"], "cpu")
 
     def row(self, generator: Generator, adapters, forgotten: list[str], domain_of: str | None) -> dict:
         """The metric columns of one benchmark row (the base must have been measured first)."""
@@ -128,7 +133,8 @@ class Evaluation:
             "retain_acc_cross": relative([c for c in retained if domain_of and DOMAINS[c] != DOMAINS[domain_of]]),
             "retain_acc": relative(retained),
             "unchanged": round(same / max(total, 1), 4),
-            "kid": round(m["kid"], 3), "kid_ratio": round(m["kid"] / self.base["kid"], 4),
+            "kid": round(m["kid"], 3),
+            "kid_ratio": round(m["kid"] / self.kid(self.base, retained, concepts), 4),  # base on the same concepts
             "accuracy": {c: round(m["acc"][c], 4) for c in concepts},
         }
 

@@ -1,0 +1,117 @@
+"""Cost benchmark on an otherwise idle machine: one request end to end, training steps, stacked sampling.
+
+    python benchmarks/timing.py [--out benchmarks/results/timing.json]
+
+1. One request as the pipeline runs it (teacher replay, adapter training, evaluation of every concept at
+   `eval.samples_per_concept`), wall time per phase and the process's peak RSS.
+2. Seconds per training step at the same batch and pool: Lethe's adapters (decoder only, cached targets and
+   encoder) against `dfr-ft` (every weight).
+3. Sampling time with 5 requests' adapters stacked against the base alone (the adapters' weights do not
+   change the cost, so random ones stand in for trained ones).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.baselines import train_full_finetune  # noqa: E402
+from models.adapter_stack import AdapterStack  # noqa: E402
+from models.generator import Generator  # noqa: E402
+from models.judge import Judge  # noqa: E402
+from models.ode_adapter import ODEAdapter, ODEConfig  # noqa: E402
+from models.sampler import sample  # noqa: E402
+from tasks.distill import distill  # noqa: E402
+from tasks.evaluate import generate_samples  # noqa: E402
+from tasks.runtime import configure_torch  # noqa: E402
+from tasks.settings import load_params, project_path  # noqa: E402
+from tasks.train_adapter import build_targets, train_adapter  # noqa: E402
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.time()
+        fn()
+        times.append(time.time() - start)
+    return min(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concept", default="trouser")
+    parser.add_argument("--anchor", default="dress")
+    parser.add_argument("--train-steps", type=int, default=50, help="steps timed per method in part 2")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "timing.json"))
+    args = parser.parse_args(argv)
+    configure_torch()
+    params = load_params()
+    base = Generator.from_folder(project_path("artifacts/base"))
+    judge = Judge.load(project_path("artifacts/judge"))
+    out = {"threads": torch.get_num_threads(), "command": "python benchmarks/timing.py " + " ".join(argv or [])}
+
+    start = time.time()
+    replay = distill(base, AdapterStack(), judge, args.concept, args.anchor, [], params)
+    out["request_replay_s"] = round(time.time() - start, 1)
+    result = train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
+                           args.concept, args.anchor, params)
+    out["request_train_s"] = result.seconds
+    start = time.time()
+    generate_samples(base, result.stack, params)
+    out["request_eval_s"] = round(time.time() - start, 1)
+    out["request_total_s"] = round(out["request_replay_s"] + out["request_train_s"] + out["request_eval_s"], 1)
+    out["request_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["targets"] = result.targets
+    print(json.dumps(out), flush=True)
+
+    timed = copy.deepcopy(params)
+    timed["train"]["steps"] = args.train_steps
+    start = time.time()
+    train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
+                  args.concept, args.anchor, timed)
+    lethe_total = time.time() - start
+    pool_start = time.time()
+    pool = build_targets(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
+                         args.concept, args.anchor, timed["train"])
+    pool_seconds = time.time() - pool_start
+    start = time.time()
+    train_full_finetune(base, pool, timed)
+    full_total = time.time() - start + pool_seconds
+    out.update(train_steps=args.train_steps, pool_seconds=round(pool_seconds, 2),
+               lethe_train_s=round(lethe_total, 2), dfr_ft_train_s=round(full_total, 2),
+               lethe_step_s=round((lethe_total - pool_seconds) / args.train_steps, 4),
+               dfr_ft_step_s=round((full_total - pool_seconds) / args.train_steps, 4))
+    out["train_ratio"] = round(lethe_total / full_total, 3)
+    print(json.dumps(out), flush=True)
+
+    adapter = params["adapter"]
+    stack = AdapterStack()
+    for _ in range(5):
+        for target in result.targets:
+            ode = ODEAdapter(base.feature_channels(target),
+                             ODEConfig(adapter["solver"], adapter["horizon"], adapter["step_size"], adapter["hidden"],
+                                       adapter.get("sampling_steps")))
+            torch.nn.init.normal_(ode.field.outer.weight, std=0.01)
+            stack.add(target, ode, adapter.get("intensity", 1.0))
+    steps = params["sampling"]["steps"]
+    out["sample_base_s"] = round(best_of(lambda: sample(base, ["tshirt"], 256, 0, steps)), 3)
+    out["sample_5_requests_s"] = round(best_of(lambda: sample(base, ["tshirt"], 256, 0, steps, stack)), 3)
+    out["sample_ratio"] = round(out["sample_5_requests_s"] / out["sample_base_s"], 3)
+    print(json.dumps(out), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
