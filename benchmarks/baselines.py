@@ -30,6 +30,17 @@ def _frozen(generator: Generator) -> Generator:
     return generator
 
 
+def _optimise(optimiser, steps: int, batch_loss, progress=None) -> None:
+    """The training loop every baseline shares; `batch_loss()` draws a batch and returns its loss."""
+    for step in range(1, steps + 1):
+        loss = batch_loss()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if progress and (step % 25 == 0 or step == steps):
+            progress(step, steps, {"loss": float(loss.detach())})
+
+
 def train_full_finetune(generator: Generator, pool: DistillTargets, params: dict, l2: float | None = None,
                         progress=None) -> tuple[Generator, int, float]:
     """dfr-ft: a fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, s)."""
@@ -43,18 +54,16 @@ def train_full_finetune(generator: Generator, pool: DistillTargets, params: dict
     optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
     n_forget, n_retain = batch_split(train)
     start = time.time()
-    for step in range(1, train["steps"] + 1):
+
+    def batch_loss():
         idx = pool.draw(n_forget, n_retain, rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
         drift = sum((p - p0).pow(2).sum() for p, p0 in zip(student.unet.parameters(), start_weights))
-        loss = (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
+        return (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
                 + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]) + l2 * drift)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if progress and (step % 25 == 0 or step == train["steps"]):
-            progress(step, train["steps"], {"loss": float(loss.detach())})
+
+    _optimise(optimiser, train["steps"], batch_loss, progress)
     trainable = sum(p.numel() for p in student.unet.parameters())
     return _frozen(student), trainable, round(time.time() - start, 1)
 
@@ -85,15 +94,13 @@ def train_esd(generator: Generator, pool: DistillTargets, params: dict, eta: flo
     student = copy.deepcopy(generator)
     student.unet.requires_grad_(True).train()
     optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
-    for step in range(1, train["steps"] + 1):
+
+    def batch_loss():
         idx = torch.randint(pool.n_forget, (train["batch_size"],), generator=rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
-        loss = noise_matching(eps, targets[idx])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if progress and (step % 25 == 0 or step == train["steps"]):
-            progress(step, train["steps"], {"loss": float(loss.detach())})
+        return noise_matching(eps, targets[idx])
+
+    _optimise(optimiser, train["steps"], batch_loss, progress)
     trainable = sum(p.numel() for p in student.unet.parameters())
     return _frozen(student), trainable, round(time.time() - start, 1)
 
@@ -132,17 +139,15 @@ def train_lora(generator: Generator, pool: DistillTargets, params: dict, progres
     lora = [p for n, p in peft_unet.named_parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(lora, lr=train.get("lora_lr", 1e-3))
     n_forget, n_retain = batch_split(train)
-    for step in range(1, train["steps"] + 1):
+
+    def batch_loss():
         idx = pool.draw(n_forget, n_retain, rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
-        loss = (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
+        return (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
                 + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if progress and (step % 25 == 0 or step == train["steps"]):
-            progress(step, train["steps"], {"loss": float(loss.detach())})
+
+    _optimise(optimiser, train["steps"], batch_loss, progress)
     trainable = sum(p.numel() for p in lora)
     student.unet = peft_unet.merge_and_unload()
     return _frozen(student), trainable, round(time.time() - start, 1), modules
