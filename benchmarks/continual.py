@@ -46,6 +46,9 @@ from tasks.settings import load_params, project_path  # noqa: E402
 from tasks.train_adapter import build_targets, train_adapter  # noqa: E402
 
 DEFAULT_SEQUENCE = "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker"
+# the 10-request run: the default sequence, then five more requests in the same two domains
+TEN_SEQUENCE = DEFAULT_SEQUENCE + ",shirt:tshirt,digit_5:digit_6,coat:pullover,digit_9:digit_4,ankle_boot:sneaker"
+SEQUENCES = {"five": DEFAULT_SEQUENCE, "ten": TEN_SEQUENCE}
 METHODS = ("lethe", "dfr-ft", "fade-lora", "esd")
 SWEEP = (0.5, 0.75, 1.0, 1.5, 2.0)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -78,6 +81,13 @@ class Evaluation:
                                 sampling["guidance"], sampling["batch_size"])
         return images, labels, self.judge.classify(images)
 
+    @torch.no_grad()
+    def own_probability(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The judge's probability of each sample's own concept: a graded forget score that still moves
+        when accuracy sits at 0 (used to read the intensity sweep at its floor)."""
+        probs = torch.cat([self.judge(images[i:i + 1024]).softmax(1) for i in range(0, len(images), 1024)])
+        return probs[torch.arange(len(labels)), labels]
+
     def measure(self, generator: Generator, adapters, forgotten: list[str], watch: list[str]) -> dict:
         """Accuracy per concept (`watch` at forget_n, the rest at retain_n), KID and agreement with the base."""
         concepts = generator.concepts
@@ -87,11 +97,13 @@ class Evaluation:
         if few:
             i2, l2, p2 = self.predictions(generator, adapters, few, self.retain_n)
             images, labels, predicted = torch.cat([images, i2]), torch.cat([labels, l2]), torch.cat([predicted, p2])
-        out = {"acc": {}, "hits": {}, "n": {}, "first": {}}
+        out = {"acc": {}, "hits": {}, "n": {}, "first": {}, "prob": {}}
+        own = self.own_probability(images, labels)
         for c in concepts:
             i = concepts.index(c)
             mine = predicted[labels == i]
             out["acc"][c] = float((mine == i).float().mean())
+            out["prob"][c] = float(own[labels == i].mean())
             out["hits"][c], out["n"][c] = int((mine == i).sum()), len(mine)
             out["first"][c] = mine[:self.retain_n]  # the base comparison uses the common prefix
         out["images"], out["labels"] = images, labels
@@ -129,6 +141,7 @@ class Evaluation:
             "forget_ci": wilson(m["hits"][worst], m["n"][worst]) if worst else None,
             "forget_n": m["n"][worst] if worst else None,
             "forget_acc_each": {c: round(m["acc"][c], 4) for c in forgotten},
+            "forget_prob": round(m["prob"][worst], 5) if worst else None,  # judge's mean probability of it
             "retain_acc_in": relative([c for c in retained if domain_of and DOMAINS[c] == DOMAINS[domain_of]]),
             "retain_acc_cross": relative([c for c in retained if domain_of and DOMAINS[c] != DOMAINS[domain_of]]),
             "retain_acc": relative(retained),
@@ -199,7 +212,9 @@ class Bench:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         return generator, stack, trainable, round(time.time() - start, 1), anchor, extra
 
-    def run_method(self, method: str, seed: int, log=print) -> list[dict]:
+    def run_method(self, method: str, seed: int, log=print, save=None) -> list[dict]:
+        """Every step of the sequence for one method and training seed; `save(rows)` after each step, so an
+        interrupted run keeps the steps it finished."""
         params = copy.deepcopy(self.params)
         params["train"]["seed"] = seed
         rows = [dict(self.base_row(method, seed))]
@@ -219,6 +234,8 @@ class Bench:
             log(f"{method} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
                 f"retain in {row['retain_acc_in']} cross {row['retain_acc_cross']} unchanged {row['unchanged']:.3f} "
                 f"kid x{row['kid_ratio']:.2f} train {train_seconds:.0f}s step {row['step_seconds']:.0f}s")
+            if save:
+                save(rows)
         return rows
 
     def run_retrain(self, steps: int | None, log=print) -> list[dict]:
@@ -292,8 +309,11 @@ def _weights(**values):
 ABLATIONS = {
     "default": ("params.yaml as shipped", lambda p: None),
     "no-smooth": ("without the smoothness term", _weights(smooth=0.0)),
-    "no-start": ("without the retained-trajectory-start term", _weights(start=0.0)),
+    "no-start": ("without the retained-trajectory-start term (retained rows held at the end state only)",
+                 _weights(start=0.0)),
     "no-trajectory": ("without either trajectory term", _weights(smooth=0.0, start=0.0)),
+    "retain-eps": ("retained rows distilled on the noise prediction (whole decoder) instead of the features",
+                   _set("train", retain_space="eps")),
     "drift": ("plus the L2 drift term on the adapter weights (1e-3)", _weights(drift=1e-3)),
     "sampling-grid": ("deployed on the training grid (4 euler steps) instead of 1 step",
                       _set("adapter", sampling_steps=None)),
@@ -315,14 +335,46 @@ def write(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def merge(parts: Path, out: Path, tag: str, methods=METHODS + ("retrain",)) -> list[dict]:
-    """continual.json = every part of this sequence (`tag`), methods in the order of `methods`, then by seed."""
+def requests_of(rows: list[dict]) -> list[tuple[str, str | None]]:
+    return [(r["concept"], r["anchor"]) for r in rows if r["step"] >= 1]
+
+
+def starts_with(done: list[tuple[str, str | None]], sequence: list[tuple[str, str | None]]) -> bool:
+    """True when the requests a run did begin with `sequence` (an anchor of None matches any anchor)."""
+    return len(done) >= len(sequence) and all(
+        c == dc and (a is None or a == da) for (c, a), (dc, da) in zip(sequence, done))
+
+
+def merge(parts: Path, out: Path, sequence: list[tuple[str, str | None]], tag: str,
+          methods=METHODS + ("retrain",)) -> list[dict]:
+    """One results file for `sequence`: every part run on it (`tag`), plus the first len(sequence) steps of
+    method runs on a longer sequence that begins with it (a step never depends on later requests); a run on
+    this very sequence wins over a longer one for the same method and seed. Ordered by `methods`, then seed."""
     order = {m: i for i, m in enumerate(methods)}
-    parts_rows = [json.loads(f.read_text()) for f in sorted(parts.glob(f"continual-*-{tag}.json"))]
-    parts_rows.sort(key=lambda rows: (order.get(rows[0]["method"], len(order)), rows[0]["seed"]))
-    rows = [row for part in parts_rows for row in part]
+    chosen: dict[tuple, tuple[bool, list[dict]]] = {}
+    for f in sorted(parts.glob("continual-*.json")):
+        rows = json.loads(f.read_text())
+        exact = f.name.endswith(f"-{tag}.json")
+        if not exact:
+            if rows[0]["method"] == "retrain" or not starts_with(requests_of(rows), sequence):
+                continue
+            rows = [r for r in rows if r["step"] <= len(sequence)]
+        key = (rows[0]["method"], rows[0]["seed"])
+        if key not in chosen or (exact and not chosen[key][0]):
+            chosen[key] = (exact, rows)
+    ordered = sorted(chosen.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1]))
+    rows = [row for _, (_, part) in ordered for row in part]
     write(rows, out)
     return rows
+
+
+def results_name(sequence: str) -> str:
+    """continual.json for the default sequence, continual-10.json for the ten-request one."""
+    if sequence == DEFAULT_SEQUENCE:
+        return "continual.json"
+    if sequence == TEN_SEQUENCE:
+        return "continual-10.json"
+    return f"continual-{hashlib.sha256(sequence.encode()).hexdigest()[:6]}.json"
 
 
 def machine() -> str:
@@ -338,8 +390,9 @@ def main(argv=None) -> int:
                         choices=["all", "methods", "retrain", "sweep", "ablation", "merge"])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    parser.add_argument("--sequence", default=DEFAULT_SEQUENCE,
-                        help="concept:anchor pairs, comma-separated; 'concept:' picks the anchor automatically")
+    parser.add_argument("--sequence", default="five",
+                        help="concept:anchor pairs, comma-separated ('concept:' picks the anchor automatically), "
+                             f"or a name: {', '.join(SEQUENCES)}")
     parser.add_argument("--forget-samples", type=int, default=256, help="samples per forgotten concept")
     parser.add_argument("--retain-samples", type=int, default=32, help="samples per retained concept")
     parser.add_argument("--eval-seed", type=int, default=777)
@@ -350,12 +403,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     configure_torch()
     params = load_params(args.params)
+    args.sequence = SEQUENCES.get(args.sequence, args.sequence)
     sequence = [(c, a or None) for c, _, a in (pair.partition(":") for pair in args.sequence.split(","))]
     results = Path(args.results)
     parts = results / "parts"
     tag = hashlib.sha256(args.sequence.encode()).hexdigest()[:6]
     if args.part == "merge":
-        print(f"merged {len(merge(parts, results / 'continual.json', tag))} rows")
+        print(f"merged {len(merge(parts, results / results_name(args.sequence), sequence, tag))} rows")
         return 0
     bench = Bench(params, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts)
     info = {"machine": machine(), "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
@@ -364,7 +418,8 @@ def main(argv=None) -> int:
     if args.part in ("all", "methods"):
         for method in args.methods.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                write(bench.run_method(method, seed), parts / f"continual-{method}-seed{seed}-{tag}.json")
+                path = parts / f"continual-{method}-seed{seed}-{tag}.json"
+                bench.run_method(method, seed, save=lambda rows, path=path: write(rows, path))
     if args.part in ("all", "retrain"):
         write(bench.run_retrain(args.retrain_steps), parts / f"continual-retrain-{tag}.json")
     if args.part in ("all", "sweep"):
@@ -373,7 +428,8 @@ def main(argv=None) -> int:
         variants = {k: ABLATIONS[k] for k in args.variants.split(",")}
         write([dict(r, **info) for r in bench.run_ablation(variants)], results / "ablation.json")
     if args.part in ("all", "methods", "retrain"):
-        print(f"merged {len(merge(parts, results / 'continual.json', tag))} rows into {results / 'continual.json'}")
+        out = results / results_name(args.sequence)
+        print(f"merged {len(merge(parts, out, sequence, tag))} rows into {out}")
     return 0
 
 

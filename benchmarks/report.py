@@ -2,8 +2,8 @@
 
     python benchmarks/report.py [--results DIR] [--markdown OUT.md]
 
-Reads (each optional, a missing file skips its section) DIR/continual.json, DIR/sweep.json and
-DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md (or writes it to
+Reads (each optional, a missing file skips its section) DIR/continual.json, DIR/continual-10.json,
+DIR/sweep.json and DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md (or writes it to
 OUT.md). Kept separate from the benchmarks themselves so tables and figures can be regenerated without
 re-running any training. Missing or null values are shown as "–" rather than failing.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -179,8 +180,8 @@ def plot_metric(ax, groups: dict[str, dict[int, list[dict]]], key: str, title: s
     ax.grid(alpha=0.3)
 
 
-def plot_continual(rows: list[dict], plots: Path) -> list[Path]:
-    """One PNG per metric plus a 2x3 overview (continual.png)."""
+def plot_continual(rows: list[dict], plots: Path, prefix: str = "continual") -> list[Path]:
+    """One PNG per metric plus a 2x3 overview (`prefix`.png)."""
     groups = by_method_step(rows)
     written = []
     for key, title, ylabel, scale in CONTINUAL_METRICS:
@@ -189,7 +190,7 @@ def plot_continual(rows: list[dict], plots: Path) -> list[Path]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        path = plots / f"continual_{key}.png"
+        path = plots / f"{prefix}_{key}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
@@ -204,7 +205,7 @@ def plot_continual(rows: list[dict], plots: Path) -> list[Path]:
     handles = [found[m] for m in labels]
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = plots / "continual.png"
+    path = plots / f"{prefix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return written + [path]
@@ -275,11 +276,14 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
     results_dir = Path(results_dir)
     plots = results_dir / "plots"
     written = []
-    continual, sweep, ablation = (load(results_dir, n) for n in ("continual.json", "sweep.json", "ablation.json"))
-    if continual or sweep or ablation:
+    continual, ten, sweep, ablation = (load(results_dir, n) for n in
+                                       ("continual.json", "continual-10.json", "sweep.json", "ablation.json"))
+    if continual or ten or sweep or ablation:
         plots.mkdir(parents=True, exist_ok=True)
     if continual:
         written += plot_continual(continual, plots)
+    if ten:
+        written += plot_continual(ten, plots, "continual10")
     if sweep:
         written.append(plot_sweep(sweep, plots))
     if ablation:
@@ -290,10 +294,11 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
 # ----------------------------------------------------------------------------------------------- markdown
 
 
-def continual_markdown(rows: list[dict], plots: Path) -> str:
+def continual_markdown(rows: list[dict], plots: Path, title: str = "Per-step results",
+                       prefix: str = "continual") -> str:
     """Per-method step tables, then the last step of every method side by side."""
     groups = by_method_step(rows)
-    out = ["## Per-step results", ""]
+    out = [f"## {title}", ""]
     header = ["step", "concept → anchor", "forget acc", "retain in-domain", "retain cross-domain", "unchanged",
               "KID", "trainable params", "step s", "sampling s", "peak RSS MB"]
     for method, steps in groups.items():
@@ -310,9 +315,9 @@ def continual_markdown(rows: list[dict], plots: Path) -> str:
                 body.append(cells)
         method_header = header[:1] + ["seed"] + header[1:] if seeded else header
         out += [f"### {method}", "", table(method_header, body), ""]
-    for key, title, _, _ in CONTINUAL_METRICS:
-        out.append(image_link(plots / f"continual_{key}.png", title))
-    out += ["", "## Final step, all methods", "",
+    for key, metric, _, _ in CONTINUAL_METRICS:
+        out.append(image_link(plots / f"{prefix}_{key}.png", metric))
+    out += ["", f"## {title}: final step, all methods", "",
             "Last step of each method; mean ± half-range over training seeds where several ran.", ""]
     body = []
     for method, steps in groups.items():
@@ -335,16 +340,17 @@ def continual_markdown(rows: list[dict], plots: Path) -> str:
                      agg(final, "peak_rss_mb", fmt=".0f")])
     out += [table(["method", "step", "seeds", "forget acc", "retain in-domain", "retain cross-domain",
                    "unchanged", "KID", "trainable params", "step s", "total s (all steps)", "sampling s",
-                   "peak RSS MB"], body), "", image_link(plots / "continual.png", "Continual unlearning"), ""]
+                   "peak RSS MB"], body), "", image_link(plots / f"{prefix}.png", title), ""]
     return "\n".join(out)
 
 
 def sweep_markdown(rows: list[dict], plots: Path) -> str:
     rows = sorted(rows, key=lambda r: (r.get("intensity") is None, r.get("intensity") or 0))
-    body = [[num(r.get("intensity"), "g"), num(r.get("horizon"), "g"), pct(r.get("forget_acc")),
+    body = [[num(r.get("intensity"), "g"), num(r.get("horizon"), "g"), forget_cell(r), num(r.get("forget_prob"), ".4f"),
              pct(r.get("retain_acc")), pct(r.get("unchanged")), num(r.get("kid"), ".4f")] for r in rows]
     return "\n".join(["## Intensity sweep", "",
-                      table(["intensity", "horizon", "forget acc", "retain (% of base)", "unchanged", "KID"], body),
+                      table(["intensity", "horizon", "forget acc [95% CI]", "judge's mean p(concept)",
+                             "retain (% of base)", "unchanged", "KID"], body),
                       "", image_link(plots / "sweep.png", "Intensity sweep"), ""])
 
 
@@ -373,8 +379,9 @@ def markdown(results_dir: Path = RESULTS) -> str:
     results_dir = Path(results_dir)
     plots = results_dir / "plots"
     sections = []
-    for name, render in (("continual.json", continual_markdown), ("sweep.json", sweep_markdown),
-                         ("ablation.json", ablation_markdown)):
+    ten = partial(continual_markdown, title="10-request sequence", prefix="continual10")
+    for name, render in (("continual.json", continual_markdown), ("continual-10.json", ten),
+                         ("sweep.json", sweep_markdown), ("ablation.json", ablation_markdown)):
         rows = load(results_dir, name)
         if rows:
             sections.append(render(rows, plots))

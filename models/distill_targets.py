@@ -33,8 +33,12 @@ class DistillTargets:
     @torch.no_grad()
     def build(cls, generator: Generator, teacher: AdapterStack | None, forget_images: torch.Tensor,
               retain_images: torch.Tensor, retain_labels: torch.Tensor, concept_label: int, anchor_label: int,
-              forget_rows: int, retain_rows: int, seed: int, batch_size: int = 256) -> "DistillTargets":
-        """`forget_rows` + `retain_rows` rows, each a replay image with its own noise and timestep."""
+              forget_rows: int, retain_rows: int, seed: int, batch_size: int = 256,
+              retain_targets: bool = True) -> "DistillTargets":
+        """`forget_rows` + `retain_rows` rows, each a replay image with its own noise and timestep. Without
+        `retain_targets` the teacher runs on forget rows only and retained rows' targets are NaN (a trainer
+        that distils retained rows on features never reads them; one that does gets a NaN loss, not a
+        silent zero)."""
         if forget_rows < 1 or retain_rows < 1:
             raise ValueError(f"the pool needs forget and retain rows, got {forget_rows} and {retain_rows}")
         rng = torch.Generator().manual_seed(seed)
@@ -46,8 +50,11 @@ class DistillTargets:
         noise = torch.randn(x0.shape, generator=rng)
         t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
         xt = generator.scheduler.add_noise(x0, noise, t)
-        chunks = [slice(i, i + batch_size) for i in range(0, len(xt), batch_size)]
-        teacher_eps = torch.cat([generator.predict_noise(xt[c], t[c], teacher_labels[c], teacher)[0] for c in chunks])
+        n = len(xt) if retain_targets else forget_rows
+        chunks = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        teacher_eps = torch.full_like(xt, float("nan"))
+        for c in chunks:
+            teacher_eps[c] = generator.predict_noise(xt[c], t[c], teacher_labels[c], teacher)[0]
         return cls(xt, t, student_labels, teacher_eps, forget_rows)
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
 from models.adapter_stack import AdapterStack
-from models.unet_split import Encoded, decode, encode
+from models.unet_split import Encoded, decode, decode_to, encode
 
 META_NAME = "lethe.json"
 
@@ -106,6 +106,15 @@ class Generator(nn.Module):
         with adapters.attached(self.unet, record) as trajectories:
             eps = decode(self.unet, encoded)
         return eps, trajectories
+
+    def decode_to(self, encoded: Encoded, stage: str, adapters: AdapterStack | None = None,
+                  record: tuple[int, ...] = ()):
+        """The decoder state after `stage`; `decode` of it finishes the pass (`models.unet_split.decode_to`)."""
+        if adapters is None or len(adapters) == 0:
+            return decode_to(self.unet, encoded, stage), {}
+        with adapters.attached(self.unet, record) as trajectories:
+            state = decode_to(self.unet, encoded, stage)
+        return state, trajectories
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from benchmarks.continual import main, wilson
+from benchmarks.continual import main, merge, wilson
 from models.concepts import CONCEPTS
 
 FIELDS = {"method", "step", "concept", "forget_acc", "retain_acc_in", "retain_acc_cross", "kid", "trainable_params",
@@ -55,3 +55,22 @@ def test_wilson_interval_brackets_the_proportion():
     assert lo < 5 / 256 < hi and hi < 0.05
     lo0, hi0 = wilson(0, 256)
     assert lo0 == 0.0 and math.isclose(hi0, 0.0148, abs_tol=1e-3)  # 0/256 still allows up to ~1.5%
+
+
+def _part(folder, name, method, seed, requests):
+    rows = [{"method": method, "seed": seed, "step": 0, "concept": None, "anchor": None}]
+    rows += [{"method": method, "seed": seed, "step": i, "concept": c, "anchor": a}
+             for i, (c, a) in enumerate(requests, start=1)]
+    (folder / name).write_text(json.dumps(rows))
+
+
+def test_merge_takes_the_first_steps_of_a_longer_run_unless_this_sequence_ran(tmp_path):
+    five = [("trouser", "dress"), ("digit_3", "digit_8")]
+    ten = five + [("bag", "pullover")]
+    _part(tmp_path, "continual-lethe-seed0-aaa.json", "lethe", 0, ten)        # longer run, same start
+    _part(tmp_path, "continual-lethe-seed1-bbb.json", "lethe", 1, five)       # this sequence
+    _part(tmp_path, "continual-lethe-seed1-aaa.json", "lethe", 1, ten)        # loses to the exact run
+    _part(tmp_path, "continual-dfr-ft-seed0-ccc.json", "dfr-ft", 0, [("bag", "pullover")] + five)  # other start
+    rows = merge(tmp_path, tmp_path / "out.json", [("trouser", None), ("digit_3", "digit_8")], "bbb")
+    assert [(r["method"], r["seed"], r["step"]) for r in rows] == [("lethe", s, i) for s in (0, 1) for i in (0, 1, 2)]
+    assert json.loads((tmp_path / "out.json").read_text()) == rows

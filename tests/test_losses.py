@@ -1,6 +1,6 @@
 import torch
 
-from models.losses import noise_matching, trajectory_smoothness, trajectory_start
+from models.losses import feature_retention, noise_matching, trajectory_smoothness, trajectory_start
 
 
 def test_trajectory_terms_vanish_on_a_standing_path_and_grow_with_motion():
@@ -36,3 +36,13 @@ def test_noise_matching_does_not_backpropagate_into_the_teacher():
     teacher = torch.ones(3, requires_grad=True)
     noise_matching(student, teacher).backward()
     assert student.grad is not None and teacher.grad is None
+
+
+def test_feature_retention_counts_only_the_end_state_of_the_selected_rows():
+    h0 = torch.ones(2, 3, 2, 2)
+    shift = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1)
+    out_and_back = torch.stack([h0, h0 + shift, h0])  # moves, then returns: the end point is kept
+    assert feature_retention(out_and_back) == 0 and trajectory_start(out_and_back) > 0
+    away = torch.stack([h0, h0, h0 + shift])
+    assert feature_retention(away, torch.tensor([0])) == 0
+    assert torch.isclose(feature_retention(away, torch.tensor([1])), torch.tensor(1.0))

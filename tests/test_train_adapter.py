@@ -49,3 +49,38 @@ def test_bad_placement_is_refused():
     x = torch.rand(6, 1, 16, 16)
     with pytest.raises(ValueError, match="placement"):
         train_adapter(tiny_generator(), AdapterStack(), x, x, torch.randint(2, 20, (6,)), "trouser", "dress", params)
+
+
+def test_feature_space_retention_stops_retained_rows_at_the_deepest_new_adapter():
+    generator = tiny_generator()
+    params = small_params()
+    params["adapter"].update(placement="fixed", targets=["mid_block"])
+    params["train"].update(retain_space="features", steps=3, batch_size=8, forget_fraction=0.25)
+    rows_seen = []
+    handle = generator.unet.up_blocks[-1].register_forward_hook(lambda m, a, out: rows_seen.append(len(out)))
+    forget = torch.rand(6, 1, 16, 16) * 2 - 1
+    retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
+    try:
+        result = train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
+    finally:
+        handle.remove()
+    # fixed placement, so the last up block ran only in the pool's teacher pass and for forget rows
+    assert rows_seen[-3:] == [2, 2, 2]
+    assert result.history[-1]["retain"] > 0.0  # the feature term acts once the adapter moves
+
+    params["train"]["retain_space"] = "eps"
+    rows_seen.clear()
+    handle = generator.unet.up_blocks[-1].register_forward_hook(lambda m, a, out: rows_seen.append(len(out)))
+    try:
+        train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
+    finally:
+        handle.remove()
+    assert rows_seen[-3:] == [8, 8, 8]
+
+
+def test_unknown_retain_space_is_refused():
+    params = small_params()
+    params["train"]["retain_space"] = "pixels"
+    x = torch.rand(6, 1, 16, 16)
+    with pytest.raises(ValueError, match="retain_space"):
+        train_adapter(tiny_generator(), AdapterStack(), x, x, torch.randint(2, 20, (6,)), "trouser", "dress", params)

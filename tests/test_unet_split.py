@@ -1,10 +1,11 @@
 """The UNet cut in two (encoder cached, decoder trained) computes exactly what the whole UNet computes."""
+import pytest
 import torch
 
 from models.adapter_stack import AdapterStack
 from models.distill_targets import DistillTargets
 from models.ode_adapter import ODEAdapter
-from models.unet_split import Encoded, in_decoder, splittable
+from models.unet_split import Encoded, decode, decode_to, decoder_stage, in_decoder, last_stage, splittable
 from tests.conftest import tiny_generator
 
 
@@ -31,6 +32,35 @@ def test_only_decoder_modules_count_as_decoder_and_the_unet_splits():
     assert not in_decoder("down_blocks.0") and not in_decoder("conv_in")
 
 
+def test_decoding_to_a_stage_stops_there_and_decoding_the_rest_finishes_the_pass():
+    generator = tiny_generator()
+    x, t, y = torch.randn(3, 1, 16, 16), torch.randint(0, 100, (3,)), torch.randint(0, 21, (3,))
+    seen = {}
+    handle = generator.unet.up_blocks[1].register_forward_hook(lambda m, a, out: seen.update(out=out))
+    try:
+        whole = generator.unet(x, t, class_labels=y).sample
+    finally:
+        handle.remove()
+    encoded = generator.encode(x, t, y)
+    state = decode_to(generator.unet, encoded, "up_blocks.1")
+    assert torch.allclose(state.sample, seen["out"], atol=1e-6)
+    assert torch.allclose(decode(generator.unet, state.rows(torch.tensor([2, 0]))), whole[[2, 0]], atol=1e-5)
+    early = decode_to(generator.unet, encoded, "mid_block")
+    assert early.sample.shape == encoded.sample.shape and early.stages_done == 1
+    assert torch.allclose(decode_to(generator.unet, early, "up_blocks.1").sample, state.sample, atol=1e-6)
+    with pytest.raises(KeyError, match="not a decoder stage"):
+        decode_to(generator.unet, encoded, "up_blocks.9")
+
+
+def test_the_last_stage_is_the_deepest_one_holding_a_target():
+    unet = tiny_generator().unet
+    assert decoder_stage("up_blocks.0.resnets.1") == "up_blocks.0" and decoder_stage("conv_out") is None
+    assert last_stage(unet, ["up_blocks.0.resnets.1", "mid_block"]) == "up_blocks.0"
+    assert last_stage(unet, ["mid_block"]) == "mid_block"
+    assert last_stage(unet, ["up_blocks.0", "conv_norm_out"]) is None  # the head needs the whole decoder
+    assert last_stage(unet, ["down_blocks.0"]) is None
+
+
 def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
     generator = tiny_generator()
     forget, retain = torch.rand(3, 1, 16, 16), torch.rand(6, 1, 16, 16)
@@ -48,3 +78,13 @@ def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
     pool.cache_encoder(generator, None)
     assert torch.allclose(generator.decode(pool.encoded)[0], generator.predict_noise(
         pool.xt, pool.t, pool.student_labels)[0], atol=1e-6)
+
+
+def test_a_pool_without_retain_targets_runs_the_teacher_on_forget_rows_only():
+    generator = tiny_generator()
+    forget, retain = torch.rand(3, 1, 16, 16), torch.rand(6, 1, 16, 16)
+    labels = torch.tensor([2, 3, 4, 5, 6, 7])
+    full = DistillTargets.build(generator, None, forget, retain, labels, 1, 3, 4, 8, seed=0)
+    lean = DistillTargets.build(generator, None, forget, retain, labels, 1, 3, 4, 8, seed=0, retain_targets=False)
+    assert torch.equal(lean.xt, full.xt) and torch.allclose(lean.teacher_eps[:4], full.teacher_eps[:4])
+    assert torch.isnan(lean.teacher_eps[4:]).all()
