@@ -212,26 +212,27 @@ class Bench:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         return generator, stack, trainable, round(time.time() - start, 1), anchor, extra
 
-    def run_method(self, method: str, seed: int, log=print, save=None) -> list[dict]:
+    def run_method(self, method: str, seed: int, log=print, save=None, name: str | None = None) -> list[dict]:
         """Every step of the sequence for one method and training seed; `save(rows)` after each step, so an
-        interrupted run keeps the steps it finished."""
+        interrupted run keeps the steps it finished. `name` labels the rows (a variant of a method)."""
         params = copy.deepcopy(self.params)
         params["train"]["seed"] = seed
-        rows = [dict(self.base_row(method, seed))]
+        name = name or method
+        rows = [dict(self.base_row(name, seed))]
         generator, stack, forgotten = copy.deepcopy(self.base), AdapterStack(), []
         for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
             generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
                 method, generator, stack, concept, anchor, forgotten, params, label=f"step-{step}")
             forgotten = forgotten + [concept]
-            row = {"method": method, "seed": seed, "step": step, "concept": concept, "anchor": anchor,
+            row = {"method": name, "seed": seed, "step": step, "concept": concept, "anchor": anchor,
                    **self.eval.row(generator, stack, forgotten, concept)}
             row.update(trainable_params=trainable, base_params=self.base_params,
                        step_seconds=round(time.time() - started, 1), train_seconds=train_seconds,
                        sample_seconds=sampling_seconds(generator, stack, params["sampling"]["steps"]),
                        peak_rss_mb=round(peak_rss_mb(), 1), **extra)
             rows.append(row)
-            log(f"{method} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
+            log(f"{name} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
                 f"retain in {row['retain_acc_in']} cross {row['retain_acc_cross']} unchanged {row['unchanged']:.3f} "
                 f"kid x{row['kid_ratio']:.2f} train {train_seconds:.0f}s step {row['step_seconds']:.0f}s")
             if save:
@@ -369,12 +370,25 @@ def merge(parts: Path, out: Path, sequence: list[tuple[str, str | None]], tag: s
 
 
 def results_name(sequence: str) -> str:
-    """continual.json for the default sequence, continual-10.json for the ten-request one."""
-    if sequence == DEFAULT_SEQUENCE:
-        return "continual.json"
-    if sequence == TEN_SEQUENCE:
-        return "continual-10.json"
-    return f"continual-{hashlib.sha256(sequence.encode()).hexdigest()[:6]}.json"
+    """continual-10.json for the ten-request sequence, continual.json for any other."""
+    return "continual-10.json" if sequence == TEN_SEQUENCE else "continual.json"
+
+
+def override(params: dict, item: str) -> None:
+    """Apply one `section.key=value` override (the value parsed as YAML); unknown keys are refused."""
+    import yaml
+    key, sep, value = item.partition("=")
+    path = key.split(".")
+    if not sep or len(path) < 2:
+        raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+    node = params
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise SystemExit(f"--set {item!r}: no section {part!r} in the params")
+        node = node[part]
+    if path[-1] not in node:
+        raise SystemExit(f"--set {item!r}: no key {path[-1]!r} in {'.'.join(path[:-1])}")
+    node[path[-1]] = yaml.safe_load(value)
 
 
 def machine() -> str:
@@ -399,10 +413,17 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain-steps", type=int, help="default: the base recipe's steps")
     parser.add_argument("--variants", default=",".join(ABLATIONS))
     parser.add_argument("--params", help="params file (default: the project's params.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one parameter (YAML value), e.g. adapter.intensity=2; repeatable")
+    parser.add_argument("--name", help="label of the rows and part file of a single method run with --set")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
     configure_torch()
     params = load_params(args.params)
+    for item in args.set:
+        override(params, item)
+    if args.name and (args.part != "methods" or "," in args.methods):
+        parser.error("--name labels one method's run: use it with `methods --methods M`")
     args.sequence = SEQUENCES.get(args.sequence, args.sequence)
     sequence = [(c, a or None) for c, _, a in (pair.partition(":") for pair in args.sequence.split(","))]
     results = Path(args.results)
@@ -418,8 +439,8 @@ def main(argv=None) -> int:
     if args.part in ("all", "methods"):
         for method in args.methods.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                path = parts / f"continual-{method}-seed{seed}-{tag}.json"
-                bench.run_method(method, seed, save=lambda rows, path=path: write(rows, path))
+                path = parts / f"continual-{args.name or method}-seed{seed}-{tag}.json"
+                bench.run_method(method, seed, save=lambda rows, path=path: write(rows, path), name=args.name)
     if args.part in ("all", "retrain"):
         write(bench.run_retrain(args.retrain_steps), parts / f"continual-retrain-{tag}.json")
     if args.part in ("all", "sweep"):

@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from benchmarks.continual import main, merge, wilson
+from benchmarks.continual import main, merge, override, wilson
 from models.concepts import CONCEPTS
 
 FIELDS = {"method", "step", "concept", "forget_acc", "retain_acc_in", "retain_acc_cross", "kid", "trainable_params",
@@ -74,3 +74,13 @@ def test_merge_takes_the_first_steps_of_a_longer_run_unless_this_sequence_ran(tm
     rows = merge(tmp_path, tmp_path / "out.json", [("trouser", None), ("digit_3", "digit_8")], "bbb")
     assert [(r["method"], r["seed"], r["step"]) for r in rows] == [("lethe", s, i) for s in (0, 1) for i in (0, 1, 2)]
     assert json.loads((tmp_path / "out.json").read_text()) == rows
+
+
+def test_overrides_change_known_keys_only():
+    params = {"adapter": {"intensity": 1.5}, "train": {"weights": {"start": 0.1}}}
+    override(params, "adapter.intensity=2")
+    override(params, "train.weights.start=0")
+    assert params == {"adapter": {"intensity": 2}, "train": {"weights": {"start": 0}}}
+    for bad in ("adapter.intensty=2", "adapter", "nosection.key=1"):
+        with pytest.raises(SystemExit):
+            override(params, bad)
