@@ -5,6 +5,7 @@
     python benchmarks/continual.py retrain              # the gold standard, once, at the end of the sequence
     python benchmarks/continual.py sweep                # intensity (ODE horizon) sweep on the first request
     python benchmarks/continual.py ablation             # trajectory terms and adapter placement, first request
+    python benchmarks/continual.py floors               # per request: the judge's confusion of anchor with concept
     python benchmarks/continual.py merge                # parts -> continual.json
 
 Per step and method: forget accuracy over every concept forgotten so far (judged on `--forget-samples` samples
@@ -166,7 +167,7 @@ class Bench:
     """What every part shares: the base, the judge, the real test split and the base's evaluation."""
 
     def __init__(self, params: dict, sequence: list[tuple[str, str | None]], forget_n: int, retain_n: int,
-                 eval_seed: int, parts: Path = RESULTS / "parts"):
+                 eval_seed: int, parts: Path = RESULTS / "parts", measure_base: bool = True):
         paths = params.get("paths", {})
         self.params, self.sequence, self.parts = params, sequence, parts
         self.base = Generator.from_folder(project_path(paths.get("base", "artifacts/base")))
@@ -174,8 +175,9 @@ class Bench:
         self.real = load_split("test", project_path(paths.get("prepared", "prepared")))
         self.base_params = sum(p.numel() for p in self.base.unet.parameters())
         self.eval = Evaluation(self.judge, self.real, params, forget_n, retain_n, eval_seed)
-        self.eval.base = self.eval.measure(self.base, None, [], [c for c, _ in sequence])
-        self.base_sample_seconds = sampling_seconds(self.base, None, params["sampling"]["steps"])
+        if measure_base:  # every part but `floors` compares with the base
+            self.eval.base = self.eval.measure(self.base, None, [], [c for c, _ in sequence])
+            self.base_sample_seconds = sampling_seconds(self.base, None, params["sampling"]["steps"])
 
     def base_row(self, method: str, seed: int) -> dict:
         acc = self.eval.base["acc"]
@@ -254,6 +256,21 @@ class Bench:
                    peak_rss_mb=round(peak_rss_mb(), 1))
         log(f"retrain ({row['retrain_steps']} steps): forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
         return [self.base_row("retrain", row["seed"]), row]
+
+    def run_floors(self, log=print) -> list[dict]:
+        """Per request, how often the judge calls the *anchor's* base samples the forgotten concept: the forget
+        accuracy of a model that renders the concept exactly as the anchor, so no method can go below it."""
+        rows = []
+        for concept, anchor in self.sequence:
+            if anchor is None:
+                continue
+            images, labels, predicted = self.eval.predictions(self.base, None, [anchor], self.eval.forget_n)
+            hits = int((predicted == self.base.concepts.index(concept)).sum())
+            rows.append({"concept": concept, "anchor": anchor, "floor": round(hits / len(predicted), 4),
+                         "floor_ci": wilson(hits, len(predicted)), "n": len(predicted),
+                         "anchor_acc": round(float((predicted == labels).float().mean()), 4)})
+            log(f"floor {concept} -> {anchor}: {rows[-1]['floor']:.3f} ({hits}/{len(predicted)})")
+        return rows
 
     def first_request(self, params: dict):
         concept, anchor = self.sequence[0]
@@ -401,7 +418,7 @@ def machine() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="?", default="all",
-                        choices=["all", "methods", "retrain", "sweep", "ablation", "merge"])
+                        choices=["all", "methods", "retrain", "sweep", "ablation", "floors", "merge"])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     parser.add_argument("--sequence", default="five",
@@ -432,10 +449,11 @@ def main(argv=None) -> int:
     if args.part == "merge":
         print(f"merged {len(merge(parts, results / results_name(args.sequence), sequence, tag))} rows")
         return 0
-    bench = Bench(params, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts)
+    bench = Bench(params, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts,
+                  measure_base=args.part != "floors")
     info = {"machine": machine(), "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
             "sequence": args.sequence}
-    print(f"{info['machine']}; base sampled in {bench.base_sample_seconds}s", flush=True)
+    print(info["machine"], flush=True)
     if args.part in ("all", "methods"):
         for method in args.methods.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -448,6 +466,9 @@ def main(argv=None) -> int:
     if args.part in ("all", "ablation"):
         variants = {k: ABLATIONS[k] for k in args.variants.split(",")}
         write([dict(r, **info) for r in bench.run_ablation(variants)], results / "ablation.json")
+    if args.part in ("all", "floors"):
+        name = "floors-10.json" if args.sequence == TEN_SEQUENCE else "floors.json"
+        write([dict(r, **info) for r in bench.run_floors()], results / name)
     if args.part in ("all", "methods", "retrain"):
         out = results / results_name(args.sequence)
         print(f"merged {len(merge(parts, out, sequence, tag))} rows into {out}")

@@ -354,6 +354,15 @@ def sweep_markdown(rows: list[dict], plots: Path) -> str:
                       "", image_link(plots / "sweep.png", "Intensity sweep"), ""])
 
 
+def floors_markdown(rows: list[dict], plots: Path) -> str:
+    body = [[f"{r['concept']} → {r['anchor']}", forget_cell({"forget_acc": r.get("floor"), "forget_ci": r.get("floor_ci")}),
+             pct(r.get("anchor_acc")), str(r.get("n", DASH))] for r in rows]
+    return "\n".join(["## Forget floors", "",
+                      "Share of the base's samples *of the anchor* that the judge calls the forgotten concept: the "
+                      "forget accuracy of a model that renders the concept exactly as its anchor.", "",
+                      table(["request", "floor [95% CI]", "judge accuracy on the anchor", "samples"], body), ""])
+
+
 def ablation_markdown(rows: list[dict], plots: Path) -> str:
     with_step = any(r.get("step") is not None or r.get("concept") is not None for r in rows)
     header = ["variant", "description", "targets", "forget acc", "retain (% of base)", "unchanged", "KID",
@@ -381,7 +390,10 @@ def markdown(results_dir: Path = RESULTS) -> str:
     sections = []
     ten = partial(continual_markdown, title="10-request sequence", prefix="continual10")
     for name, render in (("continual.json", continual_markdown), ("continual-10.json", ten),
+                         ("floors-10.json", floors_markdown), ("floors.json", floors_markdown),
                          ("sweep.json", sweep_markdown), ("ablation.json", ablation_markdown)):
+        if name == "floors.json" and load(results_dir, "floors-10.json"):
+            continue  # the ten-request floors include the five-request ones
         rows = load(results_dir, name)
         if rows:
             sections.append(render(rows, plots))

@@ -48,6 +48,10 @@ def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatc
     ablation = json.loads((results / "ablation.json").read_text())
     assert [r["variant"] for r in ablation] == ["default", "no-trajectory", "fixed-mid"]
     assert ablation[2]["targets"] == ["mid_block"]
+    assert main(["floors", *common]) == 0
+    floors = json.loads((results / "floors.json").read_text())
+    assert [(r["concept"], r["anchor"], r["n"]) for r in floors] == [("trouser", "dress", 4)]  # digit_3: automatic
+    assert 0.0 <= floors[0]["floor"] <= 1.0
 
 
 def test_wilson_interval_brackets_the_proportion():
