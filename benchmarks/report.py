@@ -332,7 +332,7 @@ def continual_markdown(rows: list[dict], plots: Path, title: str = "Per-step res
                     totals[r.get("seed")] = totals.get(r.get("seed"), 0.0) + r["step_seconds"]
         total_rows = [{"total": t} for t in totals.values()]
         forget = forget_cell(final[0]) if seeds == 1 else agg(final, "forget_acc", percent=True)
-        kid = kid_cell(final[0]) if seeds == 1 else agg(final, "kid", fmt=".4f")
+        kid = kid_cell(final[0]) if seeds == 1 else f"{agg(final, 'kid', fmt='.4f')} (×{agg(final, 'kid_ratio')})"
         body.append([method, str(last), str(seeds), forget, agg(final, "retain_acc_in", percent=True),
                      agg(final, "retain_acc_cross", percent=True), agg(final, "unchanged", percent=True), kid,
                      params_cell(final[0]), agg(final, "step_seconds", fmt=".1f"),
