@@ -355,7 +355,8 @@ def sweep_markdown(rows: list[dict], plots: Path) -> str:
 
 
 def floors_markdown(rows: list[dict], plots: Path) -> str:
-    body = [[f"{r['concept']} → {r['anchor']}", forget_cell({"forget_acc": r.get("floor"), "forget_ci": r.get("floor_ci")}),
+    body = [[f"{r['concept']} → {r['anchor']}",
+             forget_cell({"forget_acc": r.get("floor"), "forget_ci": r.get("floor_ci")}),
              pct(r.get("anchor_acc")), str(r.get("n", DASH))] for r in rows]
     return "\n".join(["## Forget floors", "",
                       "Share of the base's samples *of the anchor* that the judge calls the forgotten concept: the "

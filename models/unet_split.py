@@ -4,6 +4,8 @@ Unlearning adapters sit in the decoder and the base is frozen, so for a fixed no
 output never changes during training: it is computed once per training row and reused at every step that
 draws the row, and each step runs only the decoder. The two halves reproduce `UNet2DModel.forward` exactly
 for the configuration Lethe builds (no skip-conv blocks, positional time embedding, no input centring).
+The decoder itself runs stage by stage (`decode_to`), so a training step can stop some rows at the deepest
+adapter and carry only the others through the rest.
 """
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ def encode(unet: UNet2DModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Te
 
 def stages(unet: UNet2DModel) -> list[str]:
     """The decoder's stages in order: the mid block (when there is one), then every up block."""
-    return (["mid_block"] if unet.mid_block is not None else []) + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    ups = [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    return (["mid_block"] if unet.mid_block is not None else []) + ups
 
 
 def _run_stage(unet: UNet2DModel, name: str, state: Encoded) -> Encoded:
