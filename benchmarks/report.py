@@ -28,7 +28,7 @@ CONTINUAL_METRICS = [
     ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
     ("retain_acc_in", "Retained accuracy, same domain", "% of base", 100.0),
     ("retain_acc_cross", "Retained accuracy, other domain", "% of base", 100.0),
-    ("kid", "KID on retained concepts", "KID (lower is better)", 1.0),
+    ("kid_ratio", "KID on retained concepts / base's on the same concepts", "ratio (lower is better)", 1.0),
     ("step_seconds", "Wall time per step", "seconds", 1.0),
     ("sample_seconds", "Sampling time (64 images)", "seconds", 1.0),
 ]
