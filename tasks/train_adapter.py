@@ -119,8 +119,10 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
     history = []
     # features: retained rows only need the decoder down to the deepest new adapter (the encoder is cached)
     stop = last_stage(generator.unet, targets) if pool.encoded is not None and retain_space == "features" else None
-    weight_of = dict(weights, retain=weights.get("retain_features", weights["retain"]) if retain_space == "features"
-                     else weights["retain"])
+    retain_weight = weights["retain"]
+    if retain_space == "features":
+        retain_weight = weights.get("retain_features", retain_weight)
+    weight_of = {**weights, "retain": retain_weight}
     for step in range(1, train["steps"] + 1):
         idx = pool.draw(n_forget, n_retain, rng)
         target = pool.teacher_eps[idx]

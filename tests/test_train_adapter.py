@@ -51,30 +51,35 @@ def test_bad_placement_is_refused():
         train_adapter(tiny_generator(), AdapterStack(), x, x, torch.randint(2, 20, (6,)), "trouser", "dress", params)
 
 
+def _rows_through_last_up_block(generator, train):
+    """Batch sizes the UNet's last up block saw while `train()` ran."""
+    seen = []
+    handle = generator.unet.up_blocks[-1].register_forward_hook(lambda m, a, out: seen.append(len(out)))
+    try:
+        result = train()
+    finally:
+        handle.remove()
+    return seen, result
+
+
 def test_feature_space_retention_stops_retained_rows_at_the_deepest_new_adapter():
     generator = tiny_generator()
     params = small_params()
     params["adapter"].update(placement="fixed", targets=["mid_block"])
     params["train"].update(retain_space="features", steps=3, batch_size=8, forget_fraction=0.25)
-    rows_seen = []
-    handle = generator.unet.up_blocks[-1].register_forward_hook(lambda m, a, out: rows_seen.append(len(out)))
     forget = torch.rand(6, 1, 16, 16) * 2 - 1
     retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
-    try:
-        result = train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
-    finally:
-        handle.remove()
+
+    def train():
+        return train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
+
+    rows_seen, result = _rows_through_last_up_block(generator, train)
     # fixed placement, so the last up block ran only in the pool's teacher pass and for forget rows
     assert rows_seen[-3:] == [2, 2, 2]
     assert result.history[-1]["retain"] > 0.0  # the feature term acts once the adapter moves
 
     params["train"]["retain_space"] = "eps"
-    rows_seen.clear()
-    handle = generator.unet.up_blocks[-1].register_forward_hook(lambda m, a, out: rows_seen.append(len(out)))
-    try:
-        train_adapter(generator, AdapterStack(), forget, retain, labels, "trouser", "dress", params)
-    finally:
-        handle.remove()
+    rows_seen, _ = _rows_through_last_up_block(generator, train)
     assert rows_seen[-3:] == [8, 8, 8]
 
 
