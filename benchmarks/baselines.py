@@ -19,10 +19,11 @@ import time
 
 import torch
 
-from models.distill_targets import DistillTargets
-from models.generator import Generator
-from models.losses import noise_matching
-from tasks.train_adapter import batch_split
+from lethe.models.distill_targets import DistillTargets
+from lethe.models.generator import Generator
+from lethe.models.losses import noise_matching
+from lethe.tasks.settings import BaseTrainingSettings, Settings
+from lethe.tasks.steps.train_adapter import batch_split
 
 
 def _frozen(generator: Generator) -> Generator:
@@ -41,17 +42,18 @@ def _optimise(optimiser, steps: int, batch_loss, progress=None) -> None:
             progress(step, steps, {"loss": float(loss.detach())})
 
 
-def train_full_finetune(generator: Generator, pool: DistillTargets, params: dict, l2: float | None = None,
+def train_full_finetune(generator: Generator, pool: DistillTargets, settings: Settings,
                         progress=None) -> tuple[Generator, int, float]:
-    """dfr-ft: a fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, s)."""
-    train = params["train"]
-    l2 = train.get("full_l2", 1e-2) if l2 is None else l2
-    torch.manual_seed(train["seed"])
-    rng = torch.Generator().manual_seed(train["seed"])
+    """dfr-ft: a fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, s).
+    Reads `train` (steps, batches, loss weights) and `baselines.dfr_ft` (learning rate, drift weight)."""
+    train, recipe = settings.train, settings.baselines.dfr_ft
+    l2 = recipe.drift_l2
+    torch.manual_seed(train.seed)
+    rng = torch.Generator().manual_seed(train.seed)
     student = copy.deepcopy(generator)
     student.unet.requires_grad_(True).train()
     start_weights = [p.detach().clone() for p in student.unet.parameters()]
-    optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
+    optimiser = torch.optim.Adam(student.unet.parameters(), lr=recipe.lr)
     n_forget, n_retain = batch_split(train)
     start = time.time()
 
@@ -60,17 +62,17 @@ def train_full_finetune(generator: Generator, pool: DistillTargets, params: dict
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
         drift = sum((p - p0).pow(2).sum() for p, p0 in zip(student.unet.parameters(), start_weights))
-        return (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
-                + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]) + l2 * drift)
+        return (train.weights.forget * noise_matching(eps[:n_forget], target[:n_forget])
+                + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:]) + l2 * drift)
 
-    _optimise(optimiser, train["steps"], batch_loss, progress)
+    _optimise(optimiser, train.steps, batch_loss, progress)
     trainable = sum(p.numel() for p in student.unet.parameters())
     return _frozen(student), trainable, round(time.time() - start, 1)
 
 
 @torch.no_grad()
 def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: float,
-                              batch_size: int = 256) -> torch.Tensor:
+                              batch_size: int) -> torch.Tensor:
     """ESD's target for every forget row: eps(x, null) - eta * (eps(x, c) - eps(x, null)) of the teacher."""
     rows = torch.arange(pool.n_forget)
     out = []
@@ -82,30 +84,30 @@ def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: flo
     return torch.cat(out)
 
 
-def train_esd(generator: Generator, pool: DistillTargets, params: dict, eta: float | None = None,
+def train_esd(generator: Generator, pool: DistillTargets, settings: Settings,
               progress=None) -> tuple[Generator, int, float]:
-    """esd: sequential fine-tune of every weight with negative guidance on the forget rows."""
-    train = params["train"]
-    eta = train.get("esd_eta", 1.0) if eta is None else eta
-    torch.manual_seed(train["seed"])
-    rng = torch.Generator().manual_seed(train["seed"])
+    """esd: sequential fine-tune of every weight with negative guidance on the forget rows. Reads `train`
+    (steps, batch size, seed) and `baselines.esd` (learning rate, eta)."""
+    train, recipe = settings.train, settings.baselines.esd
+    torch.manual_seed(train.seed)
+    rng = torch.Generator().manual_seed(train.seed)
     start = time.time()
-    targets = negative_guidance_targets(generator, pool, eta)
+    targets = negative_guidance_targets(generator, pool, recipe.eta, settings.sampling.batch_size)
     student = copy.deepcopy(generator)
     student.unet.requires_grad_(True).train()
-    optimiser = torch.optim.Adam(student.unet.parameters(), lr=train.get("full_lr", 1e-4))
+    optimiser = torch.optim.Adam(student.unet.parameters(), lr=recipe.lr)
 
     def batch_loss():
-        idx = torch.randint(pool.n_forget, (train["batch_size"],), generator=rng)
+        idx = torch.randint(pool.n_forget, (train.batch_size,), generator=rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         return noise_matching(eps, targets[idx])
 
-    _optimise(optimiser, train["steps"], batch_loss, progress)
+    _optimise(optimiser, train.steps, batch_loss, progress)
     trainable = sum(p.numel() for p in student.unet.parameters())
     return _frozen(student), trainable, round(time.time() - start, 1)
 
 
-def weight_saliency(generator: Generator, pool: DistillTargets, rows: int = 64) -> dict[str, float]:
+def weight_saliency(generator: Generator, pool: DistillTargets, rows: int) -> dict[str, float]:
     """FADE's localisation: mean |grad * weight| of the forget loss for every conv layer of the UNet."""
     convs = {n: m for n, m in generator.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
     idx = torch.arange(min(rows, pool.n_forget))
@@ -122,42 +124,45 @@ def weight_saliency(generator: Generator, pool: DistillTargets, rows: int = 64) 
     return scores
 
 
-def train_lora(generator: Generator, pool: DistillTargets, params: dict, progress=None):
-    """fade-lora: LoRA on the `lora_modules` most salient convs; returns (merged student, trainable, s, modules)."""
+def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, progress=None):
+    """fade-lora: LoRA on the `baselines.fade_lora.modules` most salient convs; returns (merged student,
+    trainable, s, modules)."""
     from peft import LoraConfig, get_peft_model  # benchmark-only dependency
 
-    train = params["train"]
-    rank, n_modules = int(train.get("lora_rank", 4)), int(train.get("lora_modules", 4))
-    torch.manual_seed(train["seed"])
-    rng = torch.Generator().manual_seed(train["seed"])
+    train, recipe = settings.train, settings.baselines.fade_lora
+    rank, n_modules = recipe.rank, recipe.modules
+    torch.manual_seed(train.seed)
+    rng = torch.Generator().manual_seed(train.seed)
     start = time.time()
-    scores = weight_saliency(generator, pool)
+    scores = weight_saliency(generator, pool, recipe.saliency_rows)
     modules = [n for n in sorted(scores, key=scores.get, reverse=True)
                if n not in ("conv_in", "conv_out")][:n_modules]
     student = copy.deepcopy(generator)
     peft_unet = get_peft_model(student.unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
     lora = [p for n, p in peft_unet.named_parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(lora, lr=train.get("lora_lr", 1e-3))
+    optimiser = torch.optim.Adam(lora, lr=recipe.lr)
     n_forget, n_retain = batch_split(train)
 
     def batch_loss():
         idx = pool.draw(n_forget, n_retain, rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
-        return (train["weights"]["forget"] * noise_matching(eps[:n_forget], target[:n_forget])
-                + train["weights"]["retain"] * noise_matching(eps[n_forget:], target[n_forget:]))
+        return (train.weights.forget * noise_matching(eps[:n_forget], target[:n_forget])
+                + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:]))
 
-    _optimise(optimiser, train["steps"], batch_loss, progress)
+    _optimise(optimiser, train.steps, batch_loss, progress)
     trainable = sum(p.numel() for p in lora)
     student.unet = peft_unet.merge_and_unload()
     return _frozen(student), trainable, round(time.time() - start, 1), modules
 
 
-def retrain_without(images: torch.Tensor, labels: torch.Tensor, forgotten_labels: list[int], base_params: dict,
-                    image_size: int, steps: int | None = None) -> tuple[Generator, dict]:
-    """retrain: the base recipe on the training split minus every forgotten concept."""
-    from tasks.train_base import train_base
+def retrain_without(images: torch.Tensor, labels: torch.Tensor, forgotten_labels: list[int],
+                    base: BaseTrainingSettings, image_size: int, steps: int | None) -> tuple[Generator, dict]:
+    """retrain: the base recipe on the training split minus every forgotten concept (`steps` of it, or all)."""
+    from lethe.tasks.stages.train_base import train_base
 
     keep = ~torch.isin(labels, torch.tensor(forgotten_labels))
-    recipe = dict(base_params, steps=steps or base_params["steps"])
-    return train_base(images[keep], labels[keep], recipe, image_size, log_every=max(1, recipe["steps"] // 6))
+    steps = steps or base.steps
+    recipe = base.model_copy(update={"steps": steps, "log_every": max(1, steps // 6)})
+    generator, metrics, _ = train_base(images[keep], labels[keep], recipe, image_size)
+    return generator, metrics

@@ -34,17 +34,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.baselines import retrain_without, train_esd, train_full_finetune, train_lora  # noqa: E402
-from models.adapter_stack import AdapterStack  # noqa: E402
-from models.concepts import DOMAINS  # noqa: E402
-from models.generator import Generator  # noqa: E402
-from models.judge import Judge  # noqa: E402
-from models.sampler import sample  # noqa: E402
-from tasks.distill import distill  # noqa: E402
-from tasks.evaluate import kid_score  # noqa: E402
-from tasks.prepared_data import load_split  # noqa: E402
-from tasks.runtime import configure_torch  # noqa: E402
-from tasks.settings import load_params, project_path  # noqa: E402
-from tasks.train_adapter import build_targets, train_adapter  # noqa: E402
+from lethe.models.adapter_stack import AdapterStack  # noqa: E402
+from lethe.models.concepts import DOMAINS  # noqa: E402
+from lethe.models.generator import Generator  # noqa: E402
+from lethe.models.judge import Judge  # noqa: E402
+from lethe.models.sampler import sample  # noqa: E402
+from lethe.tasks.steps.distill import distill  # noqa: E402
+from lethe.tasks.steps.evaluate import kid_score  # noqa: E402
+from lethe.tasks.stores.prepared_splits import load_split  # noqa: E402
+from lethe.tasks.runtime import configure_torch  # noqa: E402
+from lethe.tasks.settings import Settings, SettingsError, load_settings  # noqa: E402
+from lethe.tasks.steps.train_adapter import build_targets, train_adapter  # noqa: E402
 
 DEFAULT_SEQUENCE = "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker"
 # the 10-request run: the default sequence, then five more requests in the same two domains
@@ -71,15 +71,15 @@ class Evaluation:
     """Samples every concept on fixed seeds: forgotten concepts `forget_n` times, the others `retain_n` times
     (the first `retain_n` of a concept's noise stream are the same whatever n), and compares with the base."""
 
-    def __init__(self, judge: Judge, real, params: dict, forget_n: int, retain_n: int, seed: int):
-        self.judge, self.real, self.params = judge, real, params
+    def __init__(self, judge: Judge, real, settings: Settings, forget_n: int, retain_n: int, seed: int):
+        self.judge, self.real, self.settings = judge, real, settings
         self.forget_n, self.retain_n, self.seed = forget_n, retain_n, seed
         self.base: dict | None = None
 
     def predictions(self, generator: Generator, adapters, concepts: list[str], n: int):
-        sampling = self.params["sampling"]
-        images, labels = sample(generator, concepts, n, self.seed, sampling["steps"], adapters,
-                                sampling["guidance"], sampling["batch_size"])
+        sampling = self.settings.sampling
+        images, labels = sample(generator, concepts, n, self.seed, sampling.steps, adapters, sampling.guidance,
+                                sampling.batch_size)
         return images, labels, self.judge.classify(images)
 
     @torch.no_grad()
@@ -117,7 +117,7 @@ class Evaluation:
                           for c in retained])
         real_keep = torch.isin(self.real[1], torch.tensor([concepts.index(c) for c in retained]))
         return kid_score(self.judge, self.real[0][real_keep], result["images"][keep],
-                         self.params["eval"]["kid_subset"], "cpu")
+                         self.settings.eval.kid_subset, self.settings.eval.kid_subsets, "cpu")
 
     def row(self, generator: Generator, adapters, forgotten: list[str], domain_of: str | None) -> dict:
         """The metric columns of one benchmark row (the base must have been measured first)."""
@@ -166,18 +166,17 @@ def sampling_seconds(generator: Generator, adapters, steps: int, n: int = 64, re
 class Bench:
     """What every part shares: the base, the judge, the real test split and the base's evaluation."""
 
-    def __init__(self, params: dict, sequence: list[tuple[str, str | None]], forget_n: int, retain_n: int,
+    def __init__(self, settings: Settings, sequence: list[tuple[str, str | None]], forget_n: int, retain_n: int,
                  eval_seed: int, parts: Path = RESULTS / "parts", measure_base: bool = True):
-        paths = params.get("paths", {})
-        self.params, self.sequence, self.parts = params, sequence, parts
-        self.base = Generator.from_folder(project_path(paths.get("base", "artifacts/base")))
-        self.judge = Judge.load(project_path(paths.get("judge", "artifacts/judge")))
-        self.real = load_split("test", project_path(paths.get("prepared", "prepared")))
+        self.settings, self.sequence, self.parts = settings, sequence, parts
+        self.base = Generator.from_folder(settings.paths.base)
+        self.judge = Judge.load(settings.paths.judge)
+        self.real = load_split("test", settings.paths.prepared)
         self.base_params = sum(p.numel() for p in self.base.unet.parameters())
-        self.eval = Evaluation(self.judge, self.real, params, forget_n, retain_n, eval_seed)
+        self.eval = Evaluation(self.judge, self.real, settings, forget_n, retain_n, eval_seed)
         if measure_base:  # every part but `floors` compares with the base
             self.eval.base = self.eval.measure(self.base, None, [], [c for c, _ in sequence])
-            self.base_sample_seconds = sampling_seconds(self.base, None, params["sampling"]["steps"])
+            self.base_sample_seconds = sampling_seconds(self.base, None, settings.sampling.steps)
 
     def base_row(self, method: str, seed: int) -> dict:
         acc = self.eval.base["acc"]
@@ -189,26 +188,27 @@ class Bench:
                 "accuracy": {c: round(a, 4) for c, a in acc.items()}}
 
     def train_step(self, method: str, generator: Generator, stack: AdapterStack, concept: str, anchor: str | None,
-                   forgotten: list[str], params: dict, label: str):
+                   forgotten: list[str], settings: Settings, name: str):
         """One request for one method: replay from the current model, then train. Returns the new
         (generator, stack), trainable parameters, training seconds, the anchor and extra row fields."""
-        replay = distill(generator, stack, self.judge, concept, anchor, forgotten, params)
+        replay = distill(generator, stack, self.judge, concept, anchor, forgotten, settings.distill,
+                         settings.sampling)
         anchor = replay.anchor
         if method == "lethe":
             result = train_adapter(generator, stack, replay.forget_images, replay.retain_images,
-                                   replay.retain_labels, concept, anchor, params, label=label)
+                                   replay.retain_labels, concept, anchor, settings.adapter, settings.train, name)
             return generator, result.stack, result.trainable_params, result.seconds, anchor, {
                 "targets": result.targets, "saliency": result.saliency, "history": result.history[-1:]}
         start = time.time()
         pool = build_targets(generator, stack, replay.forget_images, replay.retain_images, replay.retain_labels,
-                             concept, anchor, params["train"])
+                             concept, anchor, settings.train)
         extra = {}
         if method == "dfr-ft":
-            generator, trainable, _ = train_full_finetune(generator, pool, params)
+            generator, trainable, _ = train_full_finetune(generator, pool, settings)
         elif method == "esd":
-            generator, trainable, _ = train_esd(generator, pool, params)
+            generator, trainable, _ = train_esd(generator, pool, settings)
         elif method == "fade-lora":
-            generator, trainable, _, modules = train_lora(generator, pool, params)
+            generator, trainable, _, modules = train_lora(generator, pool, settings)
             extra["targets"] = modules
         else:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -217,21 +217,20 @@ class Bench:
     def run_method(self, method: str, seed: int, log=print, save=None, name: str | None = None) -> list[dict]:
         """Every step of the sequence for one method and training seed; `save(rows)` after each step, so an
         interrupted run keeps the steps it finished. `name` labels the rows (a variant of a method)."""
-        params = copy.deepcopy(self.params)
-        params["train"]["seed"] = seed
+        settings = self.settings.override({"train.seed": seed})
         name = name or method
         rows = [dict(self.base_row(name, seed))]
         generator, stack, forgotten = copy.deepcopy(self.base), AdapterStack(), []
         for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
             generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
-                method, generator, stack, concept, anchor, forgotten, params, label=f"step-{step}")
+                method, generator, stack, concept, anchor, forgotten, settings, name=f"step-{step}")
             forgotten = forgotten + [concept]
             row = {"method": name, "seed": seed, "step": step, "concept": concept, "anchor": anchor,
                    **self.eval.row(generator, stack, forgotten, concept)}
             row.update(trainable_params=trainable, base_params=self.base_params,
                        step_seconds=round(time.time() - started, 1), train_seconds=train_seconds,
-                       sample_seconds=sampling_seconds(generator, stack, params["sampling"]["steps"]),
+                       sample_seconds=sampling_seconds(generator, stack, settings.sampling.steps),
                        peak_rss_mb=round(peak_rss_mb(), 1), **extra)
             rows.append(row)
             log(f"{name} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
@@ -242,17 +241,19 @@ class Bench:
         return rows
 
     def run_retrain(self, steps: int | None, log=print) -> list[dict]:
-        images, labels = load_split("train", project_path(self.params.get("paths", {}).get("prepared", "prepared")))
+        s = self.settings
+        images, labels = load_split("train", s.paths.prepared)
+        steps = steps or s.baselines.retrain.steps
         forgotten = [c for c, _ in self.sequence]
         started = time.time()
-        generator, metrics = retrain_without(images, labels, self.base.labels(forgotten), self.params["base"],
-                                             self.params["data"]["image_size"], steps)
-        row = {"method": "retrain", "seed": self.params["base"]["seed"], "step": len(self.sequence),
-               "concept": forgotten[-1], "anchor": None, "retrain_steps": steps or self.params["base"]["steps"],
+        generator, metrics = retrain_without(images, labels, self.base.labels(forgotten), s.base, s.data.image_size,
+                                             steps)
+        row = {"method": "retrain", "seed": s.base.seed, "step": len(self.sequence),
+               "concept": forgotten[-1], "anchor": None, "retrain_steps": steps or s.base.steps,
                **self.eval.row(generator, None, forgotten, forgotten[-1])}
         row.update(trainable_params=self.base_params, base_params=self.base_params,
                    step_seconds=round(time.time() - started, 1), train_seconds=metrics["train_seconds"],
-                   sample_seconds=sampling_seconds(generator, None, self.params["sampling"]["steps"]),
+                   sample_seconds=sampling_seconds(generator, None, s.sampling.steps),
                    peak_rss_mb=round(peak_rss_mb(), 1))
         log(f"retrain ({row['retrain_steps']} steps): forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
         return [self.base_row("retrain", row["seed"]), row]
@@ -272,21 +273,22 @@ class Bench:
             log(f"floor {concept} -> {anchor}: {rows[-1]['floor']:.3f} ({hits}/{len(predicted)})")
         return rows
 
-    def first_request(self, params: dict):
+    def first_request(self, settings: Settings):
         concept, anchor = self.sequence[0]
-        replay = distill(self.base, AdapterStack(), self.judge, concept, anchor, [], params)
+        replay = distill(self.base, AdapterStack(), self.judge, concept, anchor, [], settings.distill,
+                         settings.sampling)
         return concept, replay
 
     def run_sweep(self, horizons=SWEEP, log=print) -> list[dict]:
         """Train the first request once, then evaluate it at several ODE horizons (intensity x T)."""
-        concept, replay = self.first_request(self.params)
+        s = self.settings
+        concept, replay = self.first_request(s)
         result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
-                               replay.retain_labels, concept, replay.anchor, self.params)
+                               replay.retain_labels, concept, replay.anchor, s.adapter, s.train, "sweep")
         rows = []
         for intensity in horizons:
-            for i in result.new_indices:
-                result.stack.set_intensity(i, intensity)
-            row = {"intensity": intensity, "horizon": intensity * self.params["adapter"]["horizon"],
+            result.stack.set_intensity(result.name, intensity)
+            row = {"intensity": intensity, "horizon": intensity * s.adapter.horizon,
                    "concept": concept, "anchor": replay.anchor, "targets": result.targets,
                    **self.eval.row(self.base, result.stack, [concept], concept)}
             rows.append(row)
@@ -294,14 +296,13 @@ class Bench:
         return rows
 
     def run_ablation(self, variants: dict, log=print) -> list[dict]:
-        """Each variant edits the params of the first request; all share its replay sets."""
-        concept, replay = self.first_request(self.params)
+        """Each variant overrides settings of the first request; all share its replay sets."""
+        concept, replay = self.first_request(self.settings)
         rows = []
-        for name, (description, edit) in variants.items():
-            params = copy.deepcopy(self.params)
-            edit(params)
+        for name, (description, changes) in variants.items():
+            s = self.settings.override(changes)
             result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
-                                   replay.retain_labels, concept, replay.anchor, params)
+                                   replay.retain_labels, concept, replay.anchor, s.adapter, s.train, name)
             row = {"variant": name, "description": description, "concept": concept, "anchor": replay.anchor,
                    "targets": result.targets, "trainable_params": result.trainable_params,
                    "train_seconds": result.seconds, "history": result.history[-1:],
@@ -312,36 +313,24 @@ class Bench:
         return rows
 
 
-def _set(section: str, **values):
-    def edit(params):
-        params[section].update(values)
-    return edit
-
-
-def _weights(**values):
-    def edit(params):
-        params["train"]["weights"].update(values)
-    return edit
-
-
-ABLATIONS = {
-    "default": ("params.yaml as shipped", lambda p: None),
-    "no-smooth": ("without the smoothness term", _weights(smooth=0.0)),
+ABLATIONS = {  # name: (what it changes, settings overrides)
+    "default": ("params.yaml as shipped", {}),
+    "no-smooth": ("without the smoothness term", {"train.weights.smooth": 0.0}),
     "no-start": ("without the retained-trajectory-start term (retained rows held at the end state only)",
-                 _weights(start=0.0)),
-    "no-trajectory": ("without either trajectory term", _weights(smooth=0.0, start=0.0)),
+                 {"train.weights.start": 0.0}),
+    "no-trajectory": ("without either trajectory term", {"train.weights.smooth": 0.0, "train.weights.start": 0.0}),
     "retain-eps": ("retained rows distilled on the noise prediction (whole decoder) instead of the features",
-                   _set("train", retain_space="eps")),
-    "drift": ("plus the L2 drift term on the adapter weights (1e-3)", _weights(drift=1e-3)),
+                   {"train.retain_space": "eps"}),
+    "drift": ("plus the L2 drift term on the adapter weights (1e-3)", {"train.weights.drift": 1e-3}),
     "sampling-grid": ("deployed on the training grid (4 euler steps) instead of 1 step",
-                      _set("adapter", sampling_steps=None)),
-    "fixed-mid": ("fixed placement: mid_block only", _set("adapter", placement="fixed", targets=["mid_block"])),
+                      {"adapter.sampling_steps": None}),
+    "fixed-mid": ("fixed placement: mid_block only", {"adapter.placement": "fixed", "adapter.targets": ["mid_block"]}),
     "fixed-mid-up0": ("fixed placement: mid_block + up_blocks.0",
-                      _set("adapter", placement="fixed", targets=["mid_block", "up_blocks.0"])),
-    "saliency-k1": ("saliency placement, k = 1", _set("adapter", placement="saliency", k=1)),
+                      {"adapter.placement": "fixed", "adapter.targets": ["mid_block", "up_blocks.0"]}),
+    "saliency-k1": ("saliency placement, k = 1", {"adapter.placement": "saliency", "adapter.k": 1}),
     "saliency-wide": ("saliency over every decoder block, 16x16 ones included",
-                      _set("adapter", candidates=["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"])),
-    "rk4": ("rk4 solver, step 0.25 (16 field evaluations)", _set("adapter", solver="rk4", step_size=0.25)),
+                      {"adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]}),
+    "rk4": ("rk4 solver, step 0.25 (16 field evaluations)", {"adapter.solver": "rk4", "adapter.step_size": 0.25}),
 }
 
 
@@ -391,21 +380,17 @@ def results_name(sequence: str) -> str:
     return "continual-10.json" if sequence == TEN_SEQUENCE else "continual.json"
 
 
-def override(params: dict, item: str) -> None:
-    """Apply one `section.key=value` override (the value parsed as YAML); unknown keys are refused."""
+def parse_overrides(items: list[str]) -> dict:
+    """`--set section.key=value` items (values parsed as YAML) as settings overrides."""
     import yaml
-    key, sep, value = item.partition("=")
-    path = key.split(".")
-    if not sep or len(path) < 2:
-        raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-    node = params
-    for part in path[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise SystemExit(f"--set {item!r}: no section {part!r} in the params")
-        node = node[part]
-    if path[-1] not in node:
-        raise SystemExit(f"--set {item!r}: no key {path[-1]!r} in {'.'.join(path[:-1])}")
-    node[path[-1]] = yaml.safe_load(value)
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def machine() -> str:
@@ -427,18 +412,20 @@ def main(argv=None) -> int:
     parser.add_argument("--forget-samples", type=int, default=256, help="samples per forgotten concept")
     parser.add_argument("--retain-samples", type=int, default=32, help="samples per retained concept")
     parser.add_argument("--eval-seed", type=int, default=777)
-    parser.add_argument("--retrain-steps", type=int, help="default: the base recipe's steps")
+    parser.add_argument("--retrain-steps", type=int, help="default: baselines.retrain.steps (null = base.steps)")
     parser.add_argument("--variants", default=",".join(ABLATIONS))
-    parser.add_argument("--params", help="params file (default: the project's params.yaml)")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: the project's)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one parameter (YAML value), e.g. adapter.intensity=2; repeatable")
     parser.add_argument("--name", help="label of the rows and part file of a single method run with --set")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
-    configure_torch()
-    params = load_params(args.params)
-    for item in args.set:
-        override(params, item)
+    settings = load_settings(args.params)
+    try:
+        settings = settings.override(parse_overrides(args.set))
+    except SettingsError as error:
+        raise SystemExit(f"--set: {error}") from None
+    configure_torch(settings.runtime)
     if args.name and (args.part != "methods" or "," in args.methods):
         parser.error("--name labels one method's run: use it with `methods --methods M`")
     args.sequence = SEQUENCES.get(args.sequence, args.sequence)
@@ -449,7 +436,7 @@ def main(argv=None) -> int:
     if args.part == "merge":
         print(f"merged {len(merge(parts, results / results_name(args.sequence), sequence, tag))} rows")
         return 0
-    bench = Bench(params, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts,
+    bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts,
                   measure_base=args.part != "floors")
     info = {"machine": machine(), "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
             "sequence": args.sequence}

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import sys
@@ -26,16 +25,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.baselines import train_full_finetune  # noqa: E402
-from models.adapter_stack import AdapterStack  # noqa: E402
-from models.generator import Generator  # noqa: E402
-from models.judge import Judge  # noqa: E402
-from models.ode_adapter import ODEAdapter, ODEConfig  # noqa: E402
-from models.sampler import sample  # noqa: E402
-from tasks.distill import distill  # noqa: E402
-from tasks.evaluate import generate_samples  # noqa: E402
-from tasks.runtime import configure_torch  # noqa: E402
-from tasks.settings import load_params, project_path  # noqa: E402
-from tasks.train_adapter import build_targets, train_adapter  # noqa: E402
+from lethe.models.adapter_stack import AdapterStack  # noqa: E402
+from lethe.models.generator import Generator  # noqa: E402
+from lethe.models.judge import Judge  # noqa: E402
+from lethe.models.ode_adapter import ODEAdapter  # noqa: E402
+from lethe.models.sampler import sample  # noqa: E402
+from lethe.tasks.steps.distill import distill  # noqa: E402
+from lethe.tasks.steps.evaluate import generate_samples  # noqa: E402
+from lethe.tasks.runtime import configure_torch  # noqa: E402
+from lethe.tasks.settings import load_settings  # noqa: E402
+from lethe.tasks.steps.train_adapter import ode_config  # noqa: E402
+from lethe.tasks.steps.train_adapter import build_targets, train_adapter  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -55,21 +55,22 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=200, help="steps timed per method in part 2 "
                                                                       "(default: the pipeline's train.steps)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "timing.json"))
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: the project's)")
     args = parser.parse_args(argv)
-    configure_torch()
-    params = load_params()
-    base = Generator.from_folder(project_path("artifacts/base"))
-    judge = Judge.load(project_path("artifacts/judge"))
+    s = load_settings(args.params)
+    configure_torch(s.runtime)
+    base = Generator.from_folder(s.paths.base)
+    judge = Judge.load(s.paths.judge)
     out = {"threads": torch.get_num_threads(), "command": "python benchmarks/timing.py " + " ".join(argv or [])}
 
     start = time.time()
-    replay = distill(base, AdapterStack(), judge, args.concept, args.anchor, [], params)
+    replay = distill(base, AdapterStack(), judge, args.concept, args.anchor, [], s.distill, s.sampling)
     out["request_replay_s"] = round(time.time() - start, 1)
     result = train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                           args.concept, args.anchor, params)
+                           args.concept, args.anchor, s.adapter, s.train, "timed")
     out["request_train_s"] = result.seconds
     start = time.time()
-    generate_samples(base, result.stack, params)
+    generate_samples(base, result.stack, s.eval, s.sampling)
     out["request_eval_s"] = round(time.time() - start, 1)
     out["request_total_s"] = round(out["request_replay_s"] + out["request_train_s"] + out["request_eval_s"], 1)
     out["request_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -77,19 +78,17 @@ def main(argv=None) -> int:
     print(json.dumps(out), flush=True)
 
     def lethe_seconds(steps: int) -> float:
-        timed = copy.deepcopy(params)
-        timed["train"]["steps"] = steps
+        timed = s.train.model_copy(update={"steps": steps})  # unvalidated on purpose: 0 steps = setup only
         start = time.time()
         train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                      args.concept, args.anchor, timed)
+                      args.concept, args.anchor, s.adapter, timed, "timed")
         return time.time() - start
 
     lethe_setup, lethe_total = lethe_seconds(0), lethe_seconds(args.train_steps)  # setup: pool, saliency, cache
-    timed = copy.deepcopy(params)
-    timed["train"]["steps"] = args.train_steps
+    timed = s.override({"train.steps": args.train_steps})
     pool_start = time.time()
     pool = build_targets(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                         args.concept, args.anchor, timed["train"])
+                         args.concept, args.anchor, timed.train)
     pool_seconds = time.time() - pool_start
     start = time.time()
     train_full_finetune(base, pool, timed)
@@ -102,16 +101,14 @@ def main(argv=None) -> int:
     out["train_step_ratio"] = round(out["lethe_step_s"] / out["dfr_ft_step_s"], 3)
     print(json.dumps(out), flush=True)
 
-    adapter = params["adapter"]
     stack = AdapterStack()
-    for _ in range(5):
+    for request in range(5):
+        fields = {}
         for target in result.targets:
-            ode = ODEAdapter(base.feature_channels(target),
-                             ODEConfig(adapter["solver"], adapter["horizon"], adapter["step_size"], adapter["hidden"],
-                                       adapter.get("sampling_steps")))
-            torch.nn.init.normal_(ode.field.outer.weight, std=0.01)
-            stack.add(target, ode, adapter.get("intensity", 1.0))
-    steps = params["sampling"]["steps"]
+            fields[target] = ODEAdapter(base.feature_channels(target), ode_config(s.adapter))
+            torch.nn.init.normal_(fields[target].field.outer.weight, std=0.01)
+        stack.add(f"request-{request + 1}", fields, s.adapter.intensity)
+    steps = s.sampling.steps
     out["sample_base_s"] = round(best_of(lambda: sample(base, ["tshirt"], 256, 0, steps)), 3)
     out["sample_5_requests_s"] = round(best_of(lambda: sample(base, ["tshirt"], 256, 0, steps, stack)), 3)
     out["sample_ratio"] = round(out["sample_5_requests_s"] / out["sample_base_s"], 3)

@@ -1,68 +1,61 @@
-"""`lethe`: the command line of the unlearning pipeline.
+"""`lethe`: the command line of the unlearning pipeline, and the process's entry point.
 
-Global options --workspace (or LETHE_WORKSPACE) and --params (or LETHE_PARAMS) pick the state folder and the
-settings; Prefect's local state goes to the workspace too unless PREFECT_HOME or PREFECT_API_URL is set.
+`--params FILE` (default ./params.yaml) names the settings; LETHE_<SECTION>__<KEY> variables override them
+(see lethe.tasks.settings); `--workspace DIR` overrides `paths.workspace`. `main` loads the settings once,
+configures the process (flows/process.py) and hands each command the settings it needs.
 """
+
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
-
-def _setup_environment(args) -> None:
-    from tasks.settings import Workspace
-
-    ws = Workspace.resolve(args.workspace)
-    os.environ["LETHE_WORKSPACE"] = str(ws.root)
-    if args.params:
-        os.environ["LETHE_PARAMS"] = str(Path(args.params).resolve())
-    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
-        os.environ["PREFECT_HOME"] = str(ws.root / "prefect")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the first start of the local API on a new workspace migrates its database: 20 s is not enough on 2 cores
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from lethe.flows.process import configure_process
+from lethe.tasks.settings import Settings, SettingsError, load_settings
+from lethe.tasks.workspace import Workspace
 
 
-def _queue():
-    from tasks.queue import RequestQueue
-    from tasks.settings import Workspace
+def _queue(settings: Settings):
+    from lethe.tasks.stores.queue import RequestQueue
 
-    return RequestQueue(Workspace.resolve().queue_db)
+    return RequestQueue(Workspace.open(settings).queue_db)
 
 
-def known_concepts() -> list[str]:
-    from tasks.settings import load_params, project_path
+def _registry(settings: Settings):
+    from lethe.tasks.stores.registry import Registry
 
-    base = project_path(load_params().get("paths", {}).get("base", "artifacts/base"))
-    meta = base / "lethe.json"
+    return Registry(Workspace.open(settings), settings.registry)
+
+
+def known_concepts(settings: Settings) -> list[str]:
+    meta = settings.paths.base / "lethe.json"
     if not meta.is_file():
-        raise SystemExit(f"no base generator at {base}: run `make demo` (or `dvc repro`) first")
+        raise SystemExit(f"no base generator at {settings.paths.base}: run `make demo` (or `dvc repro`) first")
     return json.loads(meta.read_text())["concepts"]
 
 
-def cmd_concepts(args) -> int:
-    from models.concepts import DOMAINS
+def cmd_concepts(args, settings: Settings) -> int:
+    from lethe.models.concepts import DOMAINS
 
-    queue = _queue()
+    queue = _queue(settings)
     state = {r.concept: f"forgotten (request {r.id}, version {r.version})" for r in queue.list(["done"])}
     state.update({r.concept: f"queued (request {r.id}, {r.state})" for r in queue.list(["pending", "running"])})
-    for name in known_concepts():
+    for name in known_concepts(settings):
         print(f"{name:<12} {DOMAINS.get(name, '-'):<9} {state.get(name, 'retained')}")
     return 0
 
 
-def cmd_request_add(args) -> int:
-    from tasks.queue import RequestRefused
+def cmd_request_add(args, settings: Settings) -> int:
+    from lethe.tasks.stores.queue import RequestRefused
 
-    queue = _queue()
+    queue = _queue(settings)
     try:
-        request = queue.add(args.concept, args.anchor, args.note or "", known=known_concepts(),
+        request = queue.add(args.concept, args.anchor, args.note or "", known=known_concepts(settings),
                             forgotten=queue.forgotten())
     except RequestRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
@@ -71,8 +64,8 @@ def cmd_request_add(args) -> int:
     return 0
 
 
-def cmd_request_list(args) -> int:
-    requests = _queue().list()
+def cmd_request_list(args, settings: Settings) -> int:
+    requests = _queue(settings).list()
     if args.json:
         print(json.dumps([r.to_dict() for r in requests], indent=2))
         return 0
@@ -83,53 +76,11 @@ def cmd_request_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from flows.unlearn import format_report, process_queue
-    from tasks.batch_lock import BatchAlreadyRunning
+def cmd_request_retry(args, settings: Settings) -> int:
+    from lethe.tasks.stores.queue import InvalidTransition, RequestRefused
 
     try:
-        reports = process_queue(limit=args.limit)
-    except BatchAlreadyRunning as busy:
-        print(f"not started: {busy}", file=sys.stderr)
-        return 3
-    for report in reports:
-        if "version" in report:
-            print(format_report(report))
-        else:
-            print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
-    print(f"processed {len(reports)} request(s): "
-          f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed")
-    return 0
-
-
-def cmd_lineage(args) -> int:
-    from tasks.lineage import format_lineage, lineage
-
-    rows = lineage()
-    print(json.dumps(rows, indent=2) if args.json else format_lineage(rows))
-    return 0
-
-
-def cmd_sample(args) -> int:
-    from tasks.sampling import sample_version
-
-    out = sample_version(args.concept, args.version, args.n, args.seed, args.intensity, args.out)
-    print(out)
-    return 0
-
-
-def _registry():
-    from tasks.registry import Registry
-    from tasks.settings import Workspace, load_params
-
-    return Registry(Workspace.resolve(), load_params()["registry"]["model_name"])
-
-
-def cmd_request_retry(args) -> int:
-    from tasks.queue import InvalidTransition, RequestRefused
-
-    try:
-        request = _queue().requeue(args.id)
+        request = _queue(settings).requeue(args.id)
     except (InvalidTransition, RequestRefused) as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
@@ -137,15 +88,51 @@ def cmd_request_retry(args) -> int:
     return 0
 
 
-def cmd_rollback(args) -> int:
-    from tasks.rollback import RollbackRefused, move_production
-    from tasks.settings import load_params
+def cmd_run(args, settings: Settings) -> int:
+    from lethe.flows.unlearn import process_queue, step_summary_text
+    from lethe.tasks.stores.batch_lock import BatchAlreadyRunning
+
+    try:
+        reports = process_queue(params_file=str(args.params_file), workspace=str(settings.paths.workspace),
+                                limit=args.limit)
+    except BatchAlreadyRunning as busy:
+        print(f"not started: {busy}", file=sys.stderr)
+        return 3
+    for report in reports:
+        if "version" in report:
+            print(step_summary_text(report))
+        else:
+            print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
+    print(f"processed {len(reports)} request(s): "
+          f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed")
+    return 0
+
+
+def cmd_lineage(args, settings: Settings) -> int:
+    from lethe.tasks.operations.lineage import format_lineage, lineage
+
+    rows = lineage(_registry(settings))
+    print(json.dumps(rows, indent=2) if args.json else format_lineage(rows))
+    return 0
+
+
+def cmd_sample(args, settings: Settings) -> int:
+    from lethe.tasks.operations.sample_version import sample_version
+
+    out = sample_version(_registry(settings), args.concept, args.version, args.n, args.seed, args.intensity,
+                         args.out, settings.sampling, settings.report.grid_per_concept)
+    print(out)
+    return 0
+
+
+def cmd_rollback(args, settings: Settings) -> int:
+    from lethe.tasks.operations.rollback import RollbackRefused, move_production
 
     steps = args.steps if args.steps is not None else (None if args.to else 1)
     try:
-        result = move_production(_registry(), _queue(), to=args.to, steps=steps,
-                                 reason=args.reason or "", requeue=args.requeue,
-                                 sampling_steps=load_params()["sampling"]["steps"])
+        result = move_production(_registry(settings), _queue(settings), who=args.by or getpass.getuser(),
+                                 to=args.to, steps=steps, reason=args.reason or "", requeue=args.requeue,
+                                 fingerprint=settings.fingerprint, sampling=settings.sampling)
     except RollbackRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
@@ -169,19 +156,19 @@ def cmd_rollback(args) -> int:
     return 0 if result["verified"] is not False else 1
 
 
-def cmd_show(args) -> int:
-    from tasks.lineage import lineage
-    from tasks.settings import Workspace
+def cmd_show(args, settings: Settings) -> int:
+    from lethe.tasks.operations.lineage import lineage
 
-    rows = {r["version"]: r for r in lineage(_registry())}
+    registry = _registry(settings)
+    rows = {r["version"]: r for r in lineage(registry)}
     if args.version not in rows:
-        print(f"error: no version {args.version}; versions: {', '.join(rows)}", file=sys.stderr)
+        print(f"error: no version {args.version!r}; versions: {', '.join(rows)}", file=sys.stderr)
         return 2
     row = rows[args.version]
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
-    version = _registry().version(args.version)
+    version = registry.version(args.version)
     print(f"version {row['version']}: {row['status']}{' (' + ', '.join(row['aliases']) + ')' if row['aliases'] else ''}")
     print(f"  {version.description}")
     for key in sorted(row["tags"]):
@@ -189,73 +176,76 @@ def cmd_show(args) -> int:
     for key in sorted(row["metrics"]):
         print(f"  metric {key} = {row['metrics'][key]:.4f}")
     if row["tags"].get("forget_path"):
-        root = Workspace.resolve().dvc_root
+        ws = registry.workspace
         print("  restore its replay sets (DVC, from the workspace's remote):")
         for name in ("forget", "retain"):
-            path = Path(row["tags"][f"{name}_path"])
-            print(f"    cd {root} && dvc pull {path.relative_to(root)}    # md5 {row['tags'][f'{name}_md5']}")
+            path = ws.absolute(row["tags"][f"{name}_path"])
+            print(f"    cd {ws.dvc_root} && dvc pull {path.relative_to(ws.dvc_root)}    "
+                  f"# md5 {row['tags'][f'{name}_md5']}")
     return 0
 
 
-def cmd_schedule(args) -> int:
-    from flows import schedule
+def cmd_schedule(args, settings: Settings) -> int:
+    from lethe.flows import deployment
 
+    name = settings.schedule.name
     try:
         if not args.show:
-            schedule.deploy_nightly(cron=args.cron, timezone=args.timezone)
+            deployment.deploy_nightly(settings.schedule, args.params_file, settings.paths.workspace,
+                                      cron=args.cron, timezone=args.timezone)
         if args.trigger:
-            print(f"triggered flow run {schedule.trigger_now()}")
-        info = schedule.describe_schedule()
+            print(f"triggered flow run {deployment.trigger_now(name)}")
+        info = deployment.describe_schedule(name)
     except (ValueError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"deployment {schedule.full_name()} (id {info['id']}): cron '{info['cron']}' {info['timezone']}, "
-          f"pool {info['pool']}{', PAUSED' if info['paused'] else ''}")
+    print(f"deployment {deployment.full_name(name)} (id {info['id']}): cron '{info['cron']}' {info['timezone']}, "
+          f"pool {info['pool']}{', PAUSED' if info['paused'] else ''}, at most {info['concurrency_limit']} at a time")
     print(f"  workspace {info['parameters'].get('workspace')}, params {info['parameters'].get('params_file')}")
     print("  next runs: " + (", ".join(r["time"] for r in info["next_runs"]) or "none"))
-    if not os.environ.get("PREFECT_API_URL"):
+    if "PREFECT_API_URL" not in args.environ:
         print("  note: no PREFECT_API_URL is set, so the deployment lives in this workspace's local Prefect database.\n"
               f"  Runs happen only while a server and a worker are up:\n"
-              f"    PREFECT_HOME={os.environ.get('PREFECT_HOME')} prefect server start &\n"
-              "    PREFECT_API_URL=http://127.0.0.1:4200/api prefect worker start --pool lethe-pool")
+              f"    PREFECT_HOME={args.environ.get('PREFECT_HOME')} prefect server start &\n"
+              f"    PREFECT_API_URL=http://127.0.0.1:4200/api prefect worker start --pool {settings.schedule.pool}")
     return 0
 
 
-def cmd_report(args) -> int:
-    from tasks.lineage import lineage
-    from tasks.report import write_report
+def cmd_report(args, settings: Settings) -> int:
+    from lethe.tasks.operations.lineage import lineage
+    from lethe.tasks.operations.lineage_report import write_report
 
-    registry = _registry()
+    registry = _registry(settings)
     page = write_report(registry, lineage(registry), Path(args.out))
     print(f"{page} (and index.md beside it)")
     return 0
 
 
-def cmd_demo(args) -> int:
-    from tasks.queue import RequestRefused
-    from tasks.settings import load_params
+def cmd_demo(args, settings: Settings) -> int:
+    from lethe.tasks.stores.queue import RequestRefused
 
-    queue = _queue()
-    for item in load_params()["demo"]["requests"]:
+    queue = _queue(settings)
+    for item in settings.demo.requests:
         try:
-            request = queue.add(item["concept"], item.get("anchor"), "demo request", known=known_concepts(),
+            request = queue.add(item.concept, item.anchor, "demo request", known=known_concepts(settings),
                                 forgotten=queue.forgotten())
             print(f"queued request {request.id}: forget {request.concept} -> {request.anchor or '(auto)'}")
         except RequestRefused as refused:
             print(f"skipped: {refused}")
-    status = cmd_run(argparse.Namespace(limit=None))
+    status = cmd_run(argparse.Namespace(limit=None, params_file=args.params_file), settings)
     print()
-    cmd_lineage(argparse.Namespace(json=False))
+    cmd_lineage(argparse.Namespace(json=False), settings)
     return status
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lethe", description="Continual unlearning for diffusion generators.")
-    p.add_argument("--workspace", help="state folder (default: LETHE_WORKSPACE or ./workspace in the project)")
-    p.add_argument("--params", help="params file (default: LETHE_PARAMS or params.yaml in the project)")
+    p.add_argument("--workspace", help="state folder (default: paths.workspace of the settings)")
+    p.add_argument("--params", default="params.yaml",
+                   help="settings file (default ./params.yaml); LETHE_<SECTION>__<KEY> variables override it")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("concepts", help="list concepts and whether they are retained, queued or forgotten") \
         .set_defaults(func=cmd_concepts)
@@ -287,12 +277,13 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--to", help="the version to make production")
     target.add_argument("--steps", type=int, help="undo the last N steps of production's lineage (default 1)")
     rb.add_argument("--reason", help="why; recorded as a tag with who and when")
+    rb.add_argument("--by", help="who is rolling back (default: the login name)")
     rb.add_argument("--requeue", action="store_true", help="put the undone requests back in the queue")
     rb.add_argument("--json", action="store_true")
     rb.set_defaults(func=cmd_rollback)
-    sch = sub.add_parser("schedule", help="create or update the nightly Prefect deployment (default 02:00 UTC)")
-    sch.add_argument("--cron", default="0 2 * * *", help="cron expression (default '0 2 * * *')")
-    sch.add_argument("--timezone", default="UTC")
+    sch = sub.add_parser("schedule", help="create or update the nightly Prefect deployment (settings: schedule)")
+    sch.add_argument("--cron", help="cron expression (default: schedule.cron, '0 2 * * *' as shipped)")
+    sch.add_argument("--timezone", help="IANA time zone (default: schedule.timezone)")
     sch.add_argument("--show", action="store_true", help="only print the deployment and its next runs")
     sch.add_argument("--trigger", action="store_true", help="also start a run now (a worker picks it up)")
     sch.add_argument("--json", action="store_true")
@@ -308,18 +299,28 @@ def parser() -> argparse.ArgumentParser:
     smp.add_argument("--intensity", type=float, default=1.0, help="scale every adapter's ODE horizon (0 = base)")
     smp.add_argument("--out", required=True, help="FILE.png for a grid, FILE.npy for the raw float32 samples")
     smp.set_defaults(func=cmd_sample)
-    sub.add_parser("demo", help="queue the demo requests from params.yaml, run them, print the lineage") \
+    sub.add_parser("demo", help="queue the demo requests of the settings, run them, print the lineage") \
         .set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: MutableMapping[str, str] = os.environ) -> int:
     args = parser().parse_args(argv)
-    _setup_environment(args)
     try:
-        return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as error:
+        settings = load_settings(args.params, environ)
+        if args.workspace:
+            settings = settings.override({"paths.workspace": str(Path(args.workspace).resolve())})
+    except (SettingsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.params_file = Path(args.params).resolve()
+    args.environ = environ
+    configure_process(settings, environ)
+    try:
+        return args.func(args, settings)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,52 +1,47 @@
 """The unlearning flows: a batch drains the queue in order; each request is one distill -> version data ->
 train -> evaluate -> register -> gate -> promote step on top of the current production model.
 """
+
 from __future__ import annotations
 
 import json
-
 import os
 import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-
-from models.generator import Generator  # noqa: E402
-from models.judge import Judge  # noqa: E402
-from flows.progress import reporter  # noqa: E402
-from tasks.batch_lock import batch_lock  # noqa: E402
-from tasks.datasets import DatasetStore, version_replay_sets  # noqa: E402
-from tasks.distill import distill_task  # noqa: E402
-from tasks.evaluate import EvalCache, eval_key, generate_samples_task, score_task  # noqa: E402
-from tasks.gates import check_gates  # noqa: E402
-from tasks.images import write_samples  # noqa: E402
-from tasks.prepared_data import load_split  # noqa: E402
-from tasks.queue import Request, RequestQueue  # noqa: E402
-from tasks.lineage import lineage  # noqa: E402
-from tasks.registry import Registry, promote_task, register_version_task  # noqa: E402
-from tasks.report import lineage_plot  # noqa: E402
-from tasks.runtime import configure_torch  # noqa: E402
-from tasks.sampling import sample_fingerprint  # noqa: E402
-from tasks.settings import Workspace, load_params, project_path  # noqa: E402
-from tasks.train_adapter import train_adapter_task  # noqa: E402
-
-GRID_PER_CONCEPT = 8
+from lethe.flows.process import configure_process
+from lethe.flows.progress import reporter
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.judge import Judge
+from lethe.tasks.images import concept_grid
+from lethe.tasks.operations.lineage import lineage
+from lethe.tasks.operations.lineage_report import lineage_plot
+from lethe.tasks.settings import Settings, load_settings
+from lethe.tasks.steps.distill import distill_task
+from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
+from lethe.tasks.steps.fingerprint import sample_fingerprint
+from lethe.tasks.steps.gates import check_gates
+from lethe.tasks.steps.train_adapter import train_adapter_task
+from lethe.tasks.stores.batch_lock import batch_lock
+from lethe.tasks.stores.prepared_splits import load_split
+from lethe.tasks.stores.queue import Request, RequestQueue
+from lethe.tasks.stores.registry import Registry, promote_task, register_version_task
+from lethe.tasks.stores.replay_sets import DatasetStore, version_replay_sets
+from lethe.tasks.workspace import Workspace
 
 
 @dataclass
 class Context:
-    """Everything a step needs, resolved once per batch."""
+    """Everything a step needs, opened once per batch (after the batch lock is held)."""
 
+    settings: Settings
     workspace: Workspace
-    params: dict
     queue: RequestQueue
     registry: Registry
     store: DatasetStore
@@ -55,14 +50,10 @@ class Context:
     real: tuple
 
     @classmethod
-    def open(cls, workspace: str | Path | None, params_file: str | Path | None) -> "Context":
-        ws = Workspace.resolve(workspace)
-        params = load_params(params_file)
-        paths = params.get("paths", {})
-        judge = Judge.load(project_path(paths.get("judge", "artifacts/judge")))
-        return cls(ws, params, RequestQueue(ws.queue_db), Registry(ws, params["registry"]["model_name"]),
-                   DatasetStore(ws.dvc_root, ws.dvc_remote), EvalCache(ws.evals), judge,
-                   load_split("test", project_path(paths.get("prepared", "prepared"))))
+    def open(cls, settings: Settings, workspace: Workspace) -> "Context":
+        return cls(settings, workspace, RequestQueue(workspace.queue_db), Registry(workspace, settings.registry),
+                   DatasetStore(workspace.dvc_root, workspace.dvc_remote), EvalCache(workspace.evals),
+                   Judge.load(settings.paths.judge), load_split("test", settings.paths.prepared))
 
 
 def forgotten_of(version) -> list[str]:
@@ -72,21 +63,25 @@ def forgotten_of(version) -> list[str]:
 
 def samples_of(ctx: Context, version: str):
     """Evaluation samples of a registered version, from the cache or made now."""
-    key = eval_key(ctx.params)
+    s = ctx.settings
+    key = eval_key(s.eval, s.sampling)
     cached = ctx.cache.get(version, key)
     if cached is not None:
         return cached
     generator, adapters = ctx.registry.load(version)
-    images, labels = generate_samples_task(generator, adapters, ctx.params, reporter(f"evaluate version {version}"))
+    images, labels = generate_samples_task(generator, adapters, s.eval, s.sampling,
+                                           reporter(f"evaluate version {version}"))
     ctx.cache.put(version, key, images, labels)
     return images, labels
 
 
-def grid_file(folder: Path, images, labels, concepts: list[str], first: list[str] = ()) -> Path:
-    """One row per concept, `first` (the forgotten concept and its anchor) on top."""
+def grid_file(ctx: Context, folder: Path, images, labels, concepts: list[str], forgotten: list[str],
+              first: list[str] = ()) -> Path:
+    """One labelled row per concept, `first` (the forgotten concept and its anchor) on top."""
     order = list(dict.fromkeys([*first, *concepts]))
-    picks = [images[labels == concepts.index(c)][:GRID_PER_CONCEPT] for c in order]
-    return write_samples(torch.cat(picks), folder / "samples.png", GRID_PER_CONCEPT)
+    path = folder / "samples.png"
+    concept_grid(images, labels, concepts, order, ctx.settings.report.grid_per_concept, forgotten).save(path)
+    return path
 
 
 def ensure_base(ctx: Context) -> str:
@@ -96,21 +91,19 @@ def ensure_base(ctx: Context) -> str:
         if production is None:
             raise RuntimeError(f"model {ctx.registry.model_name} has versions but no production alias")
         return production.version
-    from models.adapter_stack import AdapterStack
-
-    base_dir = project_path(ctx.params.get("paths", {}).get("base", "artifacts/base"))
-    generator = Generator.from_folder(base_dir)
+    s = ctx.settings
+    generator = Generator.from_folder(s.paths.base)
     adapters = AdapterStack()
-    images, labels = generate_samples_task(generator, adapters, ctx.params, reporter("evaluate base"))
-    metrics = score_task(images, labels, ctx.judge, [], *ctx.real, ctx.params)
+    images, labels = generate_samples_task(generator, adapters, s.eval, s.sampling, reporter("evaluate base"))
+    metrics = score_task(images, labels, ctx.judge, [], *ctx.real, s.eval, s.sampling)
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts)}
+        files = {"samples": grid_file(ctx, Path(tmp), images, labels, generator.concepts, [])}
         tags = {"kind": "base", "gate": "passed", "forgotten": "", "parent_version": "", "request_id": "",
                 "eval_key": metrics["eval_key"],
-                "sample_sha256": sample_fingerprint(generator, adapters, ctx.params["sampling"]["steps"])}
+                "sample_sha256": sample_fingerprint(generator, adapters, s.fingerprint, s.sampling)}
         version = register_version_task(
-            ctx.registry, generator_dir=base_dir, adapters=adapters, sampling=ctx.params["sampling"],
-            run_name="base", params={"base_dir": str(base_dir)}, metrics=summary_metrics(metrics), tags=tags,
+            ctx.registry, key="base", generator=generator, adapters=adapters, sampling=s.sampling.model_dump(),
+            run_name="base", settings=s.model_dump(mode="json"), metrics=summary_metrics(metrics), tags=tags,
             description="Base generator: the root of the lineage, nothing forgotten.", files=files)
     ctx.cache.put(version, metrics["eval_key"], images, labels)
     promote_task(ctx.registry, version)
@@ -125,8 +118,8 @@ def summary_metrics(scored: dict) -> dict:
 
 @flow(name="lethe-unlearn-request", log_prints=True)
 def unlearn_request(ctx: Context, request: Request) -> dict:
-    """One deletion request; returns the step's report. The request ends done (promoted) or failed."""
-    params = ctx.params
+    """One deletion request; returns the step's summary. The request ends done (promoted) or failed."""
+    s = ctx.settings
     parent = ctx.registry.production()
     forgotten_before = forgotten_of(parent)
     if request.concept in forgotten_before:
@@ -134,33 +127,36 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     if request.anchor in forgotten_before:
         raise ValueError(f"anchor {request.anchor} is forgotten by production version {parent.version}")
     generator, teacher = ctx.registry.load(parent.version)
-    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before, params,
-                          progress=reporter(f"request {request.id}: teacher replay"))
+    name = f"request-{request.id}"
+    if name in teacher.names:
+        raise ValueError(f"production version {parent.version} already holds an adapter named {name}")
+    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before,
+                          s.distill, s.sampling, progress=reporter(f"request {request.id}: teacher replay"))
     forget_ref, retain_ref = version_replay_sets(ctx.store, request.id, request.attempts, replay.forget_tensors(),
                                                  replay.retain_tensors())
     trained = train_adapter_task(generator, teacher, replay.forget_images, replay.retain_images,
-                                 replay.retain_labels, request.concept, replay.anchor, params,
-                                 label=f"request-{request.id}:{request.concept}->{replay.anchor}",
+                                 replay.retain_labels, request.concept, replay.anchor, s.adapter, s.train, name,
                                  progress=reporter(f"request {request.id}: train adapter"))
     forgotten_after = forgotten_before + [request.concept]
     parent_images, parent_labels = samples_of(ctx, parent.version)
-    before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, params)
-    images, labels = generate_samples_task(generator, trained.stack, params,
+    before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
+    images, labels = generate_samples_task(generator, trained.stack, s.eval, s.sampling,
                                            reporter(f"request {request.id}: evaluate new version"))
-    after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, params)
-    reasons = check_gates(after, before, params["gates"])
-    adapter_sha = trained.stack.sha256(trained.new_indices)
+    after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
+    reasons = check_gates(after, before, s.gates)
+    ws = ctx.workspace
     tags = {
         "kind": "unlearning-step", "request_id": request.id, "request_note": request.note[:500],
         "concept": request.concept, "anchor": replay.anchor, "parent_version": str(parent.version),
         "forgotten": ",".join(forgotten_after), "forget_md5": forget_ref.md5, "retain_md5": retain_ref.md5,
-        "forget_path": forget_ref.path, "retain_path": retain_ref.path, "adapter_sha256": adapter_sha,
+        "forget_path": ws.relative(forget_ref.path), "retain_path": ws.relative(retain_ref.path),
+        "adapter_name": name, "adapter_sha256": trained.stack.sha256([name]),
         "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
         "rejected": "true" if reasons else "false",
         "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
         "adapter_targets": ",".join(trained.targets),
         "adapter_saliency": json.dumps({k: float(f"{v:.3g}") for k, v in trained.saliency.items()}),
-        "sample_sha256": sample_fingerprint(generator, trained.stack, params["sampling"]["steps"]),
+        "sample_sha256": sample_fingerprint(generator, trained.stack, s.fingerprint, s.sampling),
         "metric.forget_acc_max": f"{after['forget_acc_max']:.4f}",
         "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}", "metric.kid": f"{after['kid']:.4f}",
     }
@@ -173,15 +169,13 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
                    f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
                    f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}.")
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"samples": grid_file(Path(tmp), images, labels, generator.concepts,
+        files = {"samples": grid_file(ctx, Path(tmp), images, labels, generator.concepts, forgotten_after,
                                       [request.concept, replay.anchor])}
         version = register_version_task(
-            ctx.registry, generator_dir=ctx.registry.workspace.model_cache / f"v{parent.version}" / "artifacts"
-            / "generator", adapters=trained.stack, sampling=params["sampling"],
-            run_name=f"request-{request.id}-{request.concept}",
-            params={"adapter": params["adapter"], "train": params["train"], "distill": params["distill"],
-                    "gates": params["gates"]},
-            metrics=metrics, tags=tags, description=description, files=files)
+            ctx.registry, key=f"request-{request.id}-attempt-{request.attempts}", generator=generator,
+            adapters=trained.stack, sampling=s.sampling.model_dump(), run_name=f"request-{request.id}-{request.concept}",
+            settings=s.model_dump(mode="json"), metrics=metrics, tags=tags, description=description, files=files,
+            datasets={"forget": (forget_ref.path, forget_ref.md5), "retain": (retain_ref.path, retain_ref.md5)})
     ctx.cache.put(version, after["eval_key"], images, labels)
     if reasons:
         ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=replay.anchor)
@@ -190,21 +184,22 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         ctx.queue.complete(request.id, version, anchor=replay.anchor)
     with tempfile.TemporaryDirectory() as tmp:
         ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
-    report = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
-              "parent_version": str(parent.version), "promoted": not reasons, "reasons": reasons,
-              "forget_acc_before": before["accuracy"][request.concept],
-              "forget_acc_after": after["accuracy"][request.concept],
-              "retain_acc_before": before["retain_acc_mean"], "retain_acc_after": after["retain_acc_mean"],
-              "kid_before": before["kid"], "kid_after": after["kid"],
-              "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
-              "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
-    get_run_logger().info(format_report(report))
-    create_markdown_artifact(markdown=report_markdown(report, after, ctx), key=f"request-{request.id}",
+    summary = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
+               "parent_version": str(parent.version), "promoted": not reasons, "reasons": reasons,
+               "forget_acc_before": before["accuracy"][request.concept],
+               "forget_acc_after": after["accuracy"][request.concept],
+               "retain_acc_before": before["retain_acc_mean"], "retain_acc_after": after["retain_acc_mean"],
+               "kid_before": before["kid"], "kid_after": after["kid"],
+               "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
+               "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
+    get_run_logger().info(step_summary_text(summary))
+    create_markdown_artifact(markdown=step_summary_markdown(summary, after, ctx), key=f"request-{request.id}",
                              description=f"Request {request.id}: forget {request.concept}")
-    return report
+    return summary
 
 
-def report_markdown(r: dict, after: dict, ctx: Context) -> str:
+def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
+    """A step's summary as the Prefect markdown artefact."""
     verdict = "**promoted to production**" if r["promoted"] else "**rejected**: " + "; ".join(r["reasons"])
     link = f"{ctx.workspace.mlflow_uri} → Models → {ctx.registry.model_name} → version {r['version']}"
     rows = "\n".join(f"| {c} | {'forgotten' if c in after['forgotten'] else 'retained'} | {a:.3f} |"
@@ -219,7 +214,8 @@ def report_markdown(r: dict, after: dict, ctx: Context) -> str:
             f"MLflow: {link}\n")
 
 
-def format_report(r: dict) -> str:
+def step_summary_text(r: dict) -> str:
+    """A step's summary as the lines `lethe run` prints."""
     verdict = "promoted to production" if r["promoted"] else "REJECTED: " + "; ".join(r["reasons"])
     lines = [f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
              f"(parent {r['parent_version']}), {verdict}",
@@ -232,14 +228,25 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def batch_settings(params_file: str, workspace: str | None) -> Settings:
+    """The batch's settings: the file, the process environment's LETHE_* overrides, then `workspace`."""
+    settings = load_settings(params_file, os.environ)
+    return settings.override({"paths.workspace": str(Path(workspace).resolve())}) if workspace else settings
+
+
 @flow(name="lethe-process-queue", log_prints=True)
-def process_queue(limit: int | None = None, workspace: str | None = None, params_file: str | None = None) -> list:
-    """Drain pending requests in order (at most `limit`), one at a time; the nightly deployment runs this."""
-    configure_torch()
-    ctx = Context.open(workspace, params_file)
+def process_queue(params_file: str = "params.yaml", workspace: str | None = None, limit: int | None = None) -> list:
+    """Drain pending requests in order (at most `limit`), one at a time; the nightly deployment runs this.
+
+    The batch lock is taken before the queue, the registry or any model is opened, so a second batch on the
+    same workspace touches nothing."""
+    settings = batch_settings(params_file, workspace)
+    configure_process(settings, os.environ)
+    ws = Workspace.open(settings)
     logger = get_run_logger()
     reports = []
-    with batch_lock(ctx.workspace.lock):
+    with batch_lock(ws.lock):
+        ctx = Context.open(settings, ws)
         recovered = ctx.queue.recover()
         if recovered:
             logger.warning("requests %s were interrupted by an earlier crash and are pending again", recovered)

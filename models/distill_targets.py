@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
-from models.unet_split import Encoded
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.unet_split import Encoded
 
 
 @dataclass

@@ -12,14 +12,14 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from models.adapter_stack import AdapterStack
-from models.unet_split import Encoded, decode, decode_to, encode
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.unet_split import Encoded, decode, decode_to, encode
 
 META_NAME = "lethe.json"
 
 
-def build_unet(image_size: int, channels: int, num_concepts: int, block_channels=(32, 64, 64),
-               layers_per_block: int = 1, norm_groups: int = 8) -> UNet2DModel:
+def build_unet(image_size: int, channels: int, num_concepts: int, block_channels: list[int],
+               layers_per_block: int, norm_groups: int) -> UNet2DModel:
     """A small class-conditional UNet without attention; class `num_concepts` is the null class."""
     depth = len(block_channels)
     return UNet2DModel(
@@ -30,7 +30,7 @@ def build_unet(image_size: int, channels: int, num_concepts: int, block_channels
     )
 
 
-def build_scheduler(train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2") -> DDIMScheduler:
+def build_scheduler(train_timesteps: int, beta_schedule: str) -> DDIMScheduler:
     return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, clip_sample=True,
                          prediction_type="epsilon")
 
@@ -83,8 +83,8 @@ class Generator(nn.Module):
         return int(seen["shape"][1])
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-                      adapters: AdapterStack | None = None, record: tuple[int, ...] = ()):
-        """Noise prediction and the recorded adapter trajectories ({adapter index: states})."""
+                      adapters: AdapterStack | None = None, record: tuple[str, ...] = ()):
+        """Noise prediction and the recorded adapter trajectories ({(adapter name, target): states})."""
         if adapters is None or len(adapters) == 0:
             return self.unet(x, t, class_labels=labels).sample, {}
         with adapters.attached(self.unet, record) as trajectories:
@@ -99,7 +99,7 @@ class Generator(nn.Module):
         with adapters.attached(self.unet):
             return encode(self.unet, x, t, labels)
 
-    def decode(self, encoded: Encoded, adapters: AdapterStack | None = None, record: tuple[int, ...] = ()):
+    def decode(self, encoded: Encoded, adapters: AdapterStack | None = None, record: tuple[str, ...] = ()):
         """The decoder half: `decode(encode(x, t, y))` equals `predict_noise(x, t, y)`."""
         if adapters is None or len(adapters) == 0:
             return decode(self.unet, encoded), {}
@@ -108,7 +108,7 @@ class Generator(nn.Module):
         return eps, trajectories
 
     def decode_to(self, encoded: Encoded, stage: str, adapters: AdapterStack | None = None,
-                  record: tuple[int, ...] = ()):
+                  record: tuple[str, ...] = ()):
         """The decoder state after `stage`; `decode` of it finishes the pass (`models.unet_split.decode_to`)."""
         if adapters is None or len(adapters) == 0:
             return decode_to(self.unet, encoded, stage), {}

@@ -19,17 +19,18 @@ FIXED_GRID_SOLVERS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_ad
 @dataclass(frozen=True)
 class ODEConfig:
     """How an adapter integrates: solver name, horizon T and step size (number of steps = ceil(T / step)).
+    No defaults: the values come from the `adapter` settings (or a saved stack's config).
 
     `sampling_steps`, when set, is the grid of the deployed adapter (outside training): a trajectory kept
     straight by the smoothness term is integrated almost exactly by fewer steps, and every step costs a pass
     of the field at each denoising step.
     """
 
-    solver: str = "rk4"
-    horizon: float = 1.0
-    step_size: float = 0.25
-    hidden: int = 8
-    sampling_steps: int | None = None
+    solver: str
+    horizon: float
+    step_size: float
+    hidden: int
+    sampling_steps: int | None
 
     def __post_init__(self):
         if self.solver not in FIXED_GRID_SOLVERS:
@@ -67,7 +68,7 @@ class VectorField(nn.Module):
 class ODEAdapter(nn.Module):
     """Integrates a feature map along its vector field; returns every state on the grid."""
 
-    def __init__(self, channels: int, config: ODEConfig = ODEConfig()):
+    def __init__(self, channels: int, config: ODEConfig):
         super().__init__()
         self.channels = channels
         self.config = config

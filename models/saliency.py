@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
-from models.losses import noise_matching
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.losses import noise_matching
 
 
 def block_saliency(generator: Generator, stack: AdapterStack | None, candidates: list[str], xt: torch.Tensor,

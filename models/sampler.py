@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
 
 
 def concept_noise(shape: tuple[int, ...], n: int, seed: int, label: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def ddim_sample(generator: Generator, labels: torch.Tensor, noise: torch.Tensor,
     return x.clamp(-1.0, 1.0)
 
 
-def sample(generator: Generator, concepts: list[str], n: int, seed: int, steps: int = 25,
+def sample(generator: Generator, concepts: list[str], n: int, seed: int, steps: int,
            adapters: AdapterStack | None = None, guidance: float = 1.0, batch_size: int = 256,
            device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None):
     """n images per concept, concept-major: returns (images (len(concepts)*n, C, H, W), labels)."""

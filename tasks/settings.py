@@ -1,78 +1,324 @@
-"""Where things live: the project's params.yaml and the workspace folder that holds all run-time state.
+"""Lethe's settings: one typed model of `params.yaml`, the only place a knob is declared.
 
-The workspace (queue, MLflow store and artefacts, DVC repository, cache and remote, evaluation cache) defaults
-to `workspace/` in the project and moves with LETHE_WORKSPACE or the CLI's --workspace; params come from
-`params.yaml` or LETHE_PARAMS.
+`load_settings(file, environ)` reads the file, applies environment overrides and validates the result:
+an unknown or misspelt key, or a value out of range, is refused with the key's path. There are no code
+defaults: every field is required, so the file is the single source of every value. Paths in the file are
+relative to the folder that holds it, so an installed Lethe finds the artefacts of the project it is
+pointed at, not those of wherever its code lives.
+
+Environment overrides: `LETHE_<SECTION>__<KEY>[__<SUBKEY>]=<YAML value>`, e.g. `LETHE_TRAIN__STEPS=50`,
+`LETHE_STORAGE__MLFLOW_URI=http://mlflow:5000`, `LETHE_TRAIN__WEIGHTS__SMOOTH=0`. The caller passes the
+environment in, so the signature says that it is read.
 """
+
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "LETHE_"
+ENV_SEPARATOR = "__"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 
 
-def load_params(path: str | Path | None = None) -> dict:
-    path = Path(path or os.environ.get("LETHE_PARAMS") or PROJECT_ROOT / "params.yaml")
-    if not path.is_file():
-        raise FileNotFoundError(f"params file {path} does not exist")
-    return yaml.safe_load(path.read_text())
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names every offending key by its path."""
 
 
-@dataclass(frozen=True)
-class Workspace:
-    root: Path
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class PathSettings(Section):
+    """Where the project's files are; relative paths are resolved against the params file's folder."""
+
+    workspace: Path  # all run-time state: queue, MLflow store, DVC repository, caches
+    data: Path  # raw data sets, tracked by data.dvc
+    prepared: Path  # the `prepare` stage's tensors
+    base: Path  # the shipped base generator (stage `train_base`)
+    judge: Path  # the shipped judge (stage `train_judge`)
+    metrics: Path  # metrics and training curves of the stages
+    fashion_mnist: Path  # the Debian package dataset-fashion-mnist's files
+
+    @field_validator("*", mode="after")
     @classmethod
-    def resolve(cls, path: str | Path | None = None) -> "Workspace":
-        root = Path(path or os.environ.get("LETHE_WORKSPACE") or PROJECT_ROOT / "workspace").resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(root)
-
-    @property
-    def queue_db(self) -> Path:
-        return self.root / "queue.sqlite"
-
-    @property
-    def mlflow_uri(self) -> str:
-        """LETHE_MLFLOW_URI (e.g. an MLflow server) or a SQLite store in the workspace. Not MLFLOW_TRACKING_URI:
-        mlflow.set_tracking_uri() writes that variable, so it would carry one workspace's store into the next."""
-        return os.environ.get("LETHE_MLFLOW_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.root / "mlartifacts"
-
-    @property
-    def dvc_root(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def dvc_remote(self) -> str:
-        return os.environ.get("LETHE_DVC_REMOTE") or str(self.root / "dvc-remote")
-
-    @property
-    def runs(self) -> Path:
-        """Scratch space of in-flight requests (adapters being trained, sample grids)."""
-        return self.root / "runs"
-
-    @property
-    def evals(self) -> Path:
-        return self.root / "evals"
-
-    @property
-    def model_cache(self) -> Path:
-        return self.root / "model-cache"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "batch.lock"
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        root = (info.context or {}).get("root")
+        value = value.expanduser()
+        return value if value.is_absolute() or root is None else (Path(root) / value).resolve()
 
 
-def project_path(relative: str | Path) -> Path:
-    """A path from params.yaml, relative to the project root unless absolute."""
-    path = Path(relative)
-    return path if path.is_absolute() else PROJECT_ROOT / path
+class DataSettings(Section):
+    image_size: Annotated[int, Field(ge=8, le=64)]
+    digits_test_per_class: Annotated[int, Field(ge=1, le=499)]  # MNIST-5k has 500 per digit
+
+
+class BaseTrainingSettings(Section):
+    block_channels: Annotated[list[PositiveInt], Field(min_length=1)]
+    layers_per_block: PositiveInt
+    norm_groups: PositiveInt
+    train_timesteps: Annotated[int, Field(ge=10)]
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
+    weight_decay: NonNegative
+    warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)]
+    null_rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+    seed: int
+    log_every: PositiveInt
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self):
+        bad = [c for c in self.block_channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"norm_groups {self.norm_groups} must divide every block's channels, not {bad}")
+        return self
+
+
+class JudgeTrainingSettings(Section):
+    width: PositiveInt
+    features: PositiveInt
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
+    weight_decay: NonNegative
+    shift_pixels: Annotated[int, Field(ge=0, le=4)]
+    seed: int
+    log_every: PositiveInt
+
+
+class SamplingSettings(Section):
+    steps: PositiveInt
+    guidance: Annotated[float, Field(ge=1.0)]  # 1.0 = no classifier-free guidance
+    batch_size: PositiveInt
+
+
+class AdapterSettings(Section):
+    placement: Literal["saliency", "fixed"]
+    candidates: Annotated[list[str], Field(min_length=1)]
+    k: PositiveInt
+    targets: Annotated[list[str], Field(min_length=1)]
+    saliency_rows: PositiveInt
+    solver: Literal["euler", "midpoint", "rk4", "explicit_adams", "implicit_adams"]
+    horizon: Positive
+    intensity: NonNegative
+    sampling_steps: PositiveInt | None
+    step_size: Positive
+    hidden: PositiveInt
+
+    @model_validator(mode="after")
+    def _k_fits(self):
+        if self.placement == "saliency" and self.k > len(self.candidates):
+            raise ValueError(f"k = {self.k} exceeds the {len(self.candidates)} candidates")
+        return self
+
+
+class DistillSettings(Section):
+    replay_per_concept: PositiveInt
+    seed: int
+
+
+class LossWeights(Section):
+    forget: NonNegative
+    retain: NonNegative
+    retain_features: NonNegative
+    smooth: NonNegative
+    start: NonNegative
+    drift: NonNegative
+
+
+class TrainSettings(Section):
+    steps: PositiveInt
+    batch_size: Annotated[int, Field(ge=2)]
+    forget_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    pool_rows: Annotated[int, Field(ge=2)]
+    retain_space: Literal["features", "eps"]
+    lr: Positive
+    seed: int
+    weights: LossWeights
+
+    @model_validator(mode="after")
+    def _both_kinds_of_rows(self):
+        n_forget = max(1, round(self.batch_size * self.forget_fraction))
+        if n_forget >= self.batch_size:
+            raise ValueError(f"forget_fraction {self.forget_fraction} leaves no retain rows in a batch of "
+                             f"{self.batch_size}")
+        return self
+
+
+class EvalSettings(Section):
+    samples_per_concept: PositiveInt
+    seed: int
+    kid_subset: Annotated[int, Field(ge=2)]
+    kid_subsets: PositiveInt
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class GateSettings(Section):
+    forget_acc_max: Fraction
+    retain_ratio_min: NonNegative
+    kid_max_ratio: Positive
+
+
+class RegistrySettings(Section):
+    model_name: Name
+    experiment: Name
+
+
+class StorageSettings(Section):
+    mlflow_uri: str | None  # None = a SQLite store in the workspace
+    dvc_remote: str | None  # None = a folder in the workspace
+
+
+class RuntimeSettings(Section):
+    threads: PositiveInt | None  # torch threads; None = torch's own choice
+
+
+class ReportSettings(Section):
+    grid_per_concept: Annotated[int, Field(ge=1, le=32)]
+
+
+class FingerprintSettings(Section):
+    seed: int
+    per_concept: PositiveInt
+
+
+class ScheduleSettings(Section):
+    name: Name
+    pool: Name
+    cron: str
+    timezone: str
+
+
+class DemoRequest(Section):
+    concept: str
+    anchor: str | None = None  # the one optional key: a request without an anchor gets one at run time
+
+
+class DemoSettings(Section):
+    requests: list[DemoRequest]
+
+
+class FullFinetuneSettings(Section):
+    lr: Positive
+    drift_l2: NonNegative
+
+
+class ESDSettings(Section):
+    lr: Positive
+    eta: Positive
+
+
+class LoraSettings(Section):
+    lr: Positive
+    rank: PositiveInt
+    modules: PositiveInt
+    saliency_rows: PositiveInt
+
+
+class RetrainSettings(Section):
+    steps: PositiveInt | None  # None = the base recipe's steps
+
+
+class BaselineSettings(Section):
+    """The benchmark's baselines (benchmarks/baselines.py); Lethe itself does not read them."""
+
+    dfr_ft: FullFinetuneSettings
+    esd: ESDSettings
+    fade_lora: LoraSettings
+    retrain: RetrainSettings
+
+
+class Settings(Section):
+    paths: PathSettings
+    data: DataSettings
+    base: BaseTrainingSettings
+    judge: JudgeTrainingSettings
+    sampling: SamplingSettings
+    adapter: AdapterSettings
+    distill: DistillSettings
+    train: TrainSettings
+    eval: EvalSettings
+    gates: GateSettings
+    registry: RegistrySettings
+    storage: StorageSettings
+    runtime: RuntimeSettings
+    report: ReportSettings
+    fingerprint: FingerprintSettings
+    schedule: ScheduleSettings
+    demo: DemoSettings
+    baselines: BaselineSettings
+
+    def override(self, changes: Mapping[str, Any]) -> "Settings":
+        """A validated copy with `{"section.key": value}` replaced (unknown keys are refused, like the file's)."""
+        data = self.model_dump(mode="json")
+        for key, value in changes.items():
+            _assign(data, key.split("."), value, key)
+        return _validate(data, None, "overrides")
+
+
+def _assign(data: dict, path: list[str], value: Any, label: str) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise SettingsError(f"{label}: no section {'.'.join(path[:i + 1])!r} in the settings")
+        node = node[part]
+    if path[-1] not in node:
+        raise SettingsError(f"{label}: no key {'.'.join(path)!r} in the settings")
+    node[path[-1]] = value
+
+
+def _validate(data: Any, root: Path | None, source: str) -> Settings:
+    try:
+        return Settings.model_validate(data, context={"root": root})
+    except ValidationError as error:
+        lines = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            message = "unknown key (misspelt?)" if e["type"] == "extra_forbidden" else e["msg"]
+            if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict):
+                message += f" (got {e['input']!r})"
+            lines.append(f"  {where}: {message}")
+        raise SettingsError(f"invalid settings in {source}:\n" + "\n".join(lines)) from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`{"section.key": value}` from `LETHE_SECTION__KEY=value` variables (values parsed as YAML)."""
+    out = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split(ENV_SEPARATOR)
+        if len(path) < 2 or not all(path):
+            raise SettingsError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>{ENV_SEPARATOR}<KEY>, "
+                                f"e.g. {ENV_PREFIX}TRAIN{ENV_SEPARATOR}STEPS=50")
+        out[".".join(path)] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_settings(file: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of `file` with the `LETHE_*` overrides found in `environ` (none when it is None)."""
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {str(file)!r} does not exist (give --params PATH, or run from the "
+                                "project folder that holds params.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    for key, value in env_overrides(environ or {}).items():
+        _assign(data, key.split("."), value, f"{ENV_PREFIX}{key.upper().replace('.', ENV_SEPARATOR)}")
+    return _validate(data, path.parent, str(path))

@@ -1,25 +1,22 @@
 """Mechanics of the benchmark's baselines on a tiny generator (not their quality): what each one trains,
 that the teacher is left untouched, and that each loss is the one its source describes."""
-import copy
-
 import torch
 
 from benchmarks.baselines import (negative_guidance_targets, retrain_without, train_esd, train_full_finetune,
                                   train_lora, weight_saliency)
-from models.concepts import CONCEPTS
-from models.generator import build_unet
-from tasks.settings import load_params
-from tasks.train_adapter import build_targets
-from tests.conftest import small_params, tiny_generator
+from lethe.models.concepts import CONCEPTS
+from lethe.models.generator import build_unet
+from lethe.tasks.steps.train_adapter import build_targets
+from tests.conftest import shipped_settings, small_settings, tiny_generator
 
 
-def pool_and_teacher():
+def pool_and_teacher(**changes):
     generator = tiny_generator()
     forget = torch.rand(4, 1, 16, 16) * 2 - 1
     retain, labels = torch.rand(8, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (8,))
-    params = small_params()
-    pool = build_targets(generator, None, forget, retain, labels, "trouser", "dress", params["train"])
-    return generator, pool, params
+    settings = small_settings(**changes)
+    pool = build_targets(generator, None, forget, retain, labels, "trouser", "dress", settings.train)
+    return generator, pool, settings
 
 
 def state(generator):
@@ -42,7 +39,7 @@ def test_dfr_ft_trains_every_weight_of_a_copy():
 
 def test_esd_target_is_negative_guidance_away_from_the_concept():
     teacher, pool, params = pool_and_teacher()
-    targets = negative_guidance_targets(teacher, pool, eta=2.0)
+    targets = negative_guidance_targets(teacher, pool, eta=2.0, batch_size=256)
     xt, t, labels = pool.xt[:pool.n_forget], pool.t[:pool.n_forget], pool.student_labels[:pool.n_forget]
     cond, _ = teacher.predict_noise(xt, t, labels)
     uncond, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
@@ -54,9 +51,9 @@ def test_esd_target_is_negative_guidance_away_from_the_concept():
 
 
 def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_them():
-    teacher, pool, params = pool_and_teacher()
-    params["train"].update(lora_rank=2, lora_modules=3, lora_lr=1e-2)
-    scores = weight_saliency(teacher, pool)
+    teacher, pool, params = pool_and_teacher(baselines__fade_lora__rank=2, baselines__fade_lora__modules=3,
+                                             baselines__fade_lora__lr=1e-2)
+    scores = weight_saliency(teacher, pool, params.baselines.fade_lora.saliency_rows)
     assert not any(p.requires_grad for p in teacher.unet.parameters())
     before = state(teacher)
     student, trainable, _, modules = train_lora(teacher, pool, params)
@@ -71,13 +68,12 @@ def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_
 
 
 def test_retrain_never_sees_the_forgotten_concepts():
-    params = copy.deepcopy(load_params()["base"])
-    params.update(block_channels=[16, 32], steps=2, batch_size=16)
+    recipe = shipped_settings().override({"base.block_channels": [16, 32], "base.steps": 2, "base.batch_size": 16}).base
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(3)
     images = torch.rand(len(labels), 1, 16, 16) * 2 - 1
-    generator, metrics = retrain_without(images, labels, [1, 13], params, 16)
-    torch.manual_seed(params["seed"])
-    fresh = build_unet(16, 1, len(CONCEPTS), params["block_channels"], params["layers_per_block"])
+    generator, metrics = retrain_without(images, labels, [1, 13], recipe, 16, None)
+    torch.manual_seed(recipe.seed)
+    fresh = build_unet(16, 1, len(CONCEPTS), recipe.block_channels, recipe.layers_per_block, recipe.norm_groups)
     trained, initial = generator.unet.class_embedding.weight, fresh.class_embedding.weight
     assert torch.equal(trained[[1, 13]], initial[[1, 13]])  # never drawn, so never updated
     assert not torch.equal(trained[[0, 2]], initial[[0, 2]])

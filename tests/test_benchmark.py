@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
 
-from benchmarks.continual import main, merge, override, wilson
-from models.concepts import CONCEPTS
+from benchmarks.continual import main, merge, parse_overrides, wilson
+from lethe.models.concepts import CONCEPTS
+from tests.conftest import shipped_settings, write_settings
 
 FIELDS = {"method", "step", "concept", "forget_acc", "retain_acc_in", "retain_acc_cross", "kid", "trainable_params",
           "base_params", "step_seconds", "sample_seconds", "peak_rss_mb"}
@@ -17,13 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatch):
-    _, params = tiny_pipeline
+    settings = tiny_pipeline.settings
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(4)
     save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-              f"{params['paths']['prepared']}/train.safetensors")
-    params["base"].update(block_channels=[16, 32], steps=2, batch_size=8)
-    path = tmp_path / "bench-params.yaml"
-    path.write_text(yaml.safe_dump(params))
+              settings.paths.prepared / "train.safetensors")
+    settings = settings.override({"base.block_channels": [16, 32], "base.steps": 2, "base.batch_size": 8})
+    path = write_settings(settings, tmp_path / "bench-params.yaml")
     results = tmp_path / "results"
     common = ["--sequence", "trouser:dress,digit_3:", "--forget-samples", "4", "--retain-samples", "2",
               "--params", str(path), "--results", str(results)]
@@ -51,7 +50,16 @@ def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatc
     assert main(["floors", *common]) == 0
     floors = json.loads((results / "floors.json").read_text())
     assert [(r["concept"], r["anchor"], r["n"]) for r in floors] == [("trouser", "dress", 4)]  # digit_3: automatic
-    assert 0.0 <= floors[0]["floor"] <= 1.0
+    # the floor is how often the judge calls the anchor's own samples the concept: recount it from the samples
+    from lethe.models.generator import Generator
+    from lethe.models.judge import Judge
+    from lethe.models.sampler import sample
+
+    base, judge = Generator.from_folder(settings.paths.base), Judge.load(settings.paths.judge)
+    images, _ = sample(base, ["dress"], 4, 777, settings.sampling.steps, None, settings.sampling.guidance,
+                       settings.sampling.batch_size)
+    hits = int((judge.classify(images) == CONCEPTS.index("trouser")).sum())
+    assert floors[0]["floor"] == round(hits / 4, 4) and floors[0]["floor_ci"] == wilson(hits, 4)
 
 
 def test_wilson_interval_brackets_the_proportion():
@@ -80,11 +88,12 @@ def test_merge_takes_the_first_steps_of_a_longer_run_unless_this_sequence_ran(tm
     assert json.loads((tmp_path / "out.json").read_text()) == rows
 
 
-def test_overrides_change_known_keys_only():
-    params = {"adapter": {"intensity": 1.5}, "train": {"weights": {"start": 0.1}}}
-    override(params, "adapter.intensity=2")
-    override(params, "train.weights.start=0")
-    assert params == {"adapter": {"intensity": 2}, "train": {"weights": {"start": 0}}}
-    for bad in ("adapter.intensty=2", "adapter", "nosection.key=1"):
-        with pytest.raises(SystemExit):
-            override(params, bad)
+def test_overrides_change_known_keys_only(tmp_path):
+    changes = parse_overrides(["adapter.intensity=2", "train.weights.start=0", "baselines.esd.eta=3"])
+    settings = shipped_settings().override(changes)
+    assert (settings.adapter.intensity, settings.train.weights.start, settings.baselines.esd.eta) == (2, 0, 3)
+    with pytest.raises(SystemExit):
+        parse_overrides(["adapter"])
+    for bad in ("adapter.intensty=2", "nosection.key=1"):
+        with pytest.raises(SystemExit, match="no (key|section)"):
+            main(["sweep", "--set", bad, "--results", str(tmp_path)])

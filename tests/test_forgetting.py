@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
-from models.judge import Judge
-from models.sampler import sample
-from tasks.distill import distill
-from tasks.settings import PROJECT_ROOT
-from tasks.train_adapter import train_adapter
-from tests.conftest import small_params
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.judge import Judge
+from lethe.models.sampler import sample
+from lethe.tasks.steps.distill import distill
+from lethe.tasks.steps.train_adapter import train_adapter
+from tests.conftest import shipped_settings, small_settings
 
 pytestmark = pytest.mark.slow
-BASE, JUDGE = PROJECT_ROOT / "artifacts" / "base", PROJECT_ROOT / "artifacts" / "judge"
+BASE, JUDGE = shipped_settings().paths.base, shipped_settings().paths.judge
 RETAINED = ["dress", "sneaker", "bag", "digit_1", "digit_7"]
 
 
@@ -29,16 +28,13 @@ def judged(generator, adapters, judge, concepts, n=48, steps=10) -> dict[str, fl
 @pytest.mark.skipif(not (BASE / "lethe.json").is_file(), reason="no trained base: run `dvc repro`")
 def test_one_step_forgets_trouser_and_keeps_the_rest():
     generator, judge = Generator.from_folder(BASE), Judge.load(JUDGE)
-    params = small_params()
-    params["sampling"]["steps"] = 10
-    params["distill"]["replay_per_concept"] = 16
-    params["train"].update(steps=150, batch_size=32)
-    params["adapter"]["targets"] = ["mid_block", "up_blocks.0"]
+    s = small_settings(sampling__steps=10, distill__replay_per_concept=16, train__steps=150, train__batch_size=32,
+                       adapter__targets=["mid_block", "up_blocks.0"])
     teacher = AdapterStack()
     before = judged(generator, teacher, judge, ["trouser"] + RETAINED)
-    replay = distill(generator, teacher, judge, "trouser", "dress", [], params)
+    replay = distill(generator, teacher, judge, "trouser", "dress", [], s.distill, s.sampling)
     trained = train_adapter(generator, teacher, replay.forget_images, replay.retain_images, replay.retain_labels,
-                            "trouser", "dress", params)
+                            "trouser", "dress", s.adapter, s.train, "request-1")
     after = judged(generator, trained.stack, judge, ["trouser"] + RETAINED)
     print("before", before, "\nafter", after)
     assert before["trouser"] >= 0.7, "the base must render trousers for this test to mean anything"
@@ -48,6 +44,5 @@ def test_one_step_forgets_trouser_and_keeps_the_rest():
     kept = sum(after[c] for c in RETAINED) / len(RETAINED)
     assert kept >= 0.9 * sum(before[c] for c in RETAINED) / len(RETAINED)
     # intensity 0 switches the step off exactly: the base comes back
-    for i in trained.new_indices:
-        trained.stack.set_intensity(i, 0.0)
+    trained.stack.set_intensity("request-1", 0.0)
     assert judged(generator, trained.stack, judge, ["trouser"]) == {"trouser": before["trouser"]}

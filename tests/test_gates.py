@@ -1,6 +1,7 @@
-from tasks.gates import check_gates
+from lethe.tasks.settings import GateSettings
+from lethe.tasks.steps.gates import check_gates
 
-GATES = {"forget_acc_max": 0.1, "retain_ratio_min": 0.95, "kid_max_ratio": 1.1}
+GATES = GateSettings(forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1)
 
 
 def scored(forgotten, accuracy, retain, kid):

@@ -4,14 +4,13 @@ import sys
 
 import pytest
 
-from tasks.ingest import MissingSource, fashion_source, verify
-from tasks.settings import PROJECT_ROOT
+from lethe.tasks.stages.ingest import MissingSource, fashion_source, verify
+from tests.conftest import ROOT as PROJECT_ROOT
 
 
-def test_missing_package_data_gives_install_instructions(monkeypatch, tmp_path):
-    monkeypatch.setenv("LETHE_FASHION_MNIST_DIR", str(tmp_path))
+def test_missing_package_data_gives_install_instructions(tmp_path):
     with pytest.raises(MissingSource, match="apt-get install -y dataset-fashion-mnist"):
-        fashion_source()
+        fashion_source(tmp_path)
 
 
 @pytest.mark.skipif(not (PROJECT_ROOT / "data" / "mnist-5k").is_dir(), reason="run `make data` first")
@@ -21,10 +20,10 @@ def test_changed_data_is_caught_against_data_dvc(tmp_path):
     shutil.copy(PROJECT_ROOT / "data.dvc", project)
     shutil.copytree(PROJECT_ROOT / "data", project / "data")
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
-    verify(project)  # an exact copy passes
+    verify(project / "data")  # an exact copy passes
     recorded = (project / "data.dvc").read_text()
     with open(project / "data" / "mnist-5k" / "mnist_5k.csv.gz", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(RuntimeError, match="does not match data.dvc"):
-        verify(project)
+        verify(project / "data")
     assert (project / "data.dvc").read_text() == recorded  # the record is never rewritten by a bad copy

@@ -1,6 +1,6 @@
 import torch
 
-from models.losses import feature_retention, noise_matching, trajectory_smoothness, trajectory_start
+from lethe.models.losses import feature_retention, noise_matching, trajectory_smoothness, trajectory_start
 
 
 def test_trajectory_terms_vanish_on_a_standing_path_and_grow_with_motion():

@@ -1,17 +1,18 @@
 import pytest
 import torch
 
-from models.ode_adapter import ODEAdapter, ODEConfig
+from lethe.models.ode_adapter import ODEAdapter, ODEConfig
+from tests.conftest import ode_config
 
 
 def test_new_adapter_is_exactly_the_identity():
-    adapter = ODEAdapter(16, ODEConfig(hidden=4))
+    adapter = ODEAdapter(16, ode_config(hidden=4))
     h = torch.randn(3, 16, 4, 4)
     assert torch.equal(adapter(h), h)
 
 
 def test_intensity_zero_is_the_identity_even_after_training():
-    adapter = ODEAdapter(16)
+    adapter = ODEAdapter(16, ode_config(solver="rk4", hidden=8, sampling_steps=None))
     torch.nn.init.normal_(adapter.field.outer.weight)
     h = torch.randn(2, 16, 4, 4)
     assert not torch.allclose(adapter(h), h)
@@ -20,7 +21,7 @@ def test_intensity_zero_is_the_identity_even_after_training():
 
 @pytest.mark.parametrize("horizon,step,states", [(1.0, 0.25, 5), (1.0, 0.5, 3), (2.0, 0.5, 5), (1.0, 0.3, 5)])
 def test_trajectory_has_one_state_per_grid_point(horizon, step, states):
-    adapter = ODEAdapter(8, ODEConfig(horizon=horizon, step_size=step))
+    adapter = ODEAdapter(8, ode_config(horizon=horizon, step_size=step))
     h = torch.randn(2, 8, 4, 4)
     path = adapter.trajectory(h)
     assert path.shape == (states, *h.shape)
@@ -29,12 +30,12 @@ def test_trajectory_has_one_state_per_grid_point(horizon, step, states):
 
 
 def test_intensity_scales_the_horizon_not_the_number_of_states():
-    adapter = ODEAdapter(8, ODEConfig(horizon=2.0, step_size=0.5))
+    adapter = ODEAdapter(8, ode_config(horizon=2.0, step_size=0.5))
     assert adapter.grid(0.5).tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
 
 
 def test_trained_field_moves_features_monotonically_with_intensity():
-    adapter = ODEAdapter(8)
+    adapter = ODEAdapter(8, ode_config(solver="rk4", sampling_steps=None))
     torch.nn.init.constant_(adapter.field.outer.bias, 1.0)  # constant field: h(T) = h + s * T
     h = torch.zeros(1, 8, 2, 2)
     assert adapter(h, 0.5).mean().item() == pytest.approx(0.5, abs=1e-5)
@@ -42,7 +43,7 @@ def test_trained_field_moves_features_monotonically_with_intensity():
 
 
 def test_deployed_adapter_integrates_on_the_sampling_grid_and_training_sees_the_fine_grid():
-    config = ODEConfig(solver="euler", horizon=1.0, step_size=0.25, sampling_steps=1)
+    config = ode_config(solver="euler", horizon=1.0, step_size=0.25, sampling_steps=1)
     adapter = ODEAdapter(8, config)
     torch.nn.init.normal_(adapter.field.outer.weight, std=0.5)
     h = torch.randn(2, 8, 4, 4)
@@ -58,4 +59,10 @@ def test_deployed_adapter_integrates_on_the_sampling_grid_and_training_sees_the_
                                  dict(sampling_steps=0)])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
-        ODEConfig(**bad)
+        ode_config(**bad)
+
+
+def test_the_config_has_no_defaults_of_its_own():
+    """Every value comes from the settings (or a saved stack), so no code default can contradict the file."""
+    with pytest.raises(TypeError):
+        ODEConfig()

@@ -8,26 +8,25 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-
 pytestmark = pytest.mark.slow
 
 
 def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
-    from tasks.datasets import DatasetStore
-    from tasks.queue import RequestQueue
-    from tasks.registry import Registry
-    from tasks.settings import Workspace
+    from lethe.tasks.stores.queue import RequestQueue
+    from lethe.tasks.stores.registry import Registry
+    from lethe.tasks.stores.replay_sets import DatasetStore
+    from lethe.tasks.workspace import Workspace
 
-    workspace, params = tiny_pipeline
+    run_cli, settings = tiny_pipeline, tiny_pipeline.settings
+    workspace = settings.paths.workspace
     assert run_cli("request", "add", "trouser", "--anchor", "dress", "--note", "takedown #1") == 0
     assert capsys.readouterr().out.strip() == "1"
     assert run_cli("run") == 0
     out = capsys.readouterr().out
     assert "forget accuracy trouser" in out and "processed 1 request(s): 1 promoted" in out
 
-    ws = Workspace.resolve()
-    registry = Registry(ws, params["registry"]["model_name"])
+    ws = Workspace.open(settings)
+    registry = Registry(ws, settings.registry)
     versions = registry.versions()
     assert [str(v.version) for v in versions] == ["1", "2"]
     base, step = versions
@@ -37,9 +36,17 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     assert tags["forgotten"] == "trouser" and tags["gate"] == "passed"
     assert "production" in registry.production().aliases and str(registry.production().version) == "2"
 
-    # the adapter hash in the registry is the hash of what loads back
+    # the adapter hash in the registry is the hash of what loads back, under the request's name
     _, stack = registry.load("2")
-    assert len(stack) == 1 and stack.sha256([0]) == tags["adapter_sha256"]
+    assert stack.names == ["request-1"] and tags["adapter_name"] == "request-1"
+    assert stack.sha256(["request-1"]) == tags["adapter_sha256"]
+    # paths in tags are workspace-relative; the run carries the full settings and the replay sets as inputs
+    assert tags["forget_path"] == "datasets/request-00001/attempt-1/forget.safetensors"
+    run = registry.client.get_run(step.run_id)
+    assert {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs} == {
+        "forget": tags["forget_md5"], "retain": tags["retain_md5"]}
+    logged = json.loads(open(registry.client.download_artifacts(step.run_id, "settings.json", str(workspace))).read())
+    assert logged == json.loads(settings.model_dump_json())
 
     # the queue agrees
     request = RequestQueue(ws.queue_db).get(1)
@@ -48,7 +55,7 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     # the replay sets are versioned: delete file and cache, pull them back byte-identical
     store = DatasetStore(ws.dvc_root, ws.dvc_remote)
     for name in ("forget", "retain"):
-        ref = store.ref(__import__("pathlib").Path(tags[f"{name}_path"]))
+        ref = store.ref(ws.absolute(tags[f"{name}_path"]))
         assert ref.md5 == tags[f"{name}_md5"]
         original = ref.path.read_bytes()
         assert hashlib.md5(original).hexdigest() == ref.md5
@@ -88,22 +95,21 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     assert "already forgotten" in capsys.readouterr().err
 
 
-def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, prefect_harness, write_params, monkeypatch,
-                                                             capsys):
-    from tasks.queue import RequestQueue
-    from tasks.registry import Registry
-    from tasks.settings import Workspace
+def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, prefect_harness, capsys):
+    from lethe.tasks.stores.queue import RequestQueue
+    from lethe.tasks.stores.registry import Registry
+    from lethe.tasks.workspace import Workspace
 
-    workspace, params = tiny_pipeline
-    params["gates"]["forget_acc_max"] = -1.0  # impossible: every step fails
-    monkeypatch.setenv("LETHE_PARAMS", str(write_params(params)))
+    run_cli = tiny_pipeline
+    run_cli.change(gates__retain_ratio_min=1e9)  # impossible: every step fails
     assert run_cli("request", "add", "bag") == 0
     assert run_cli("run") == 0
     assert "REJECTED" in capsys.readouterr().out
-    registry = Registry(Workspace.resolve(), params["registry"]["model_name"])
+    ws = Workspace.open(run_cli.settings)
+    registry = Registry(ws, run_cli.settings.registry)
     assert str(registry.production().version) == "1"
     rejected = registry.version("2")
-    assert rejected.tags["gate"] == "failed" and "forget accuracy of bag" in rejected.tags["gate_reasons"]
-    request = RequestQueue(Workspace.resolve().queue_db).get(1)
-    assert request.state == "failed" and "forget accuracy of bag" in request.reasons
+    assert rejected.tags["gate"] == "failed" and "retained accuracy fell" in rejected.tags["gate_reasons"]
+    request = RequestQueue(ws.queue_db).get(1)
+    assert request.state == "failed" and "retained accuracy fell" in request.reasons
     assert request.anchor  # chosen automatically, recorded

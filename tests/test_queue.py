@@ -2,8 +2,8 @@ import sqlite3
 
 import pytest
 
-from models.concepts import CONCEPTS
-from tasks.queue import InvalidTransition, RequestQueue, RequestRefused
+from lethe.models.concepts import CONCEPTS
+from lethe.tasks.stores.queue import InvalidTransition, RequestQueue, RequestRefused
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.saliency import block_saliency, top_k
+from lethe.models.saliency import block_saliency, top_k
 from tests.conftest import tiny_generator
 
 

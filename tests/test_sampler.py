@@ -1,9 +1,9 @@
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.ode_adapter import ODEAdapter
-from models.sampler import sample
-from tests.conftest import tiny_generator
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.ode_adapter import ODEAdapter
+from lethe.models.sampler import sample
+from tests.conftest import ode_config, tiny_generator
 
 
 def test_same_seed_same_images_and_concepts_do_not_depend_on_the_batch():
@@ -22,7 +22,7 @@ def test_same_seed_same_images_and_concepts_do_not_depend_on_the_batch():
 def test_identity_adapters_do_not_change_samples():
     generator = tiny_generator()
     stack = AdapterStack()
-    stack.add("mid_block", ODEAdapter(generator.feature_channels("mid_block")))
+    stack.add("request-1", {"mid_block": ODEAdapter(generator.feature_channels("mid_block"), ode_config())})
     plain, _ = sample(generator, ["bag"], 2, seed=0, steps=3)
     adapted, _ = sample(generator, ["bag"], 2, seed=0, steps=3, adapters=stack)
     assert torch.equal(plain, adapted)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from tests.conftest import tiny_pipeline_params
+from tests.conftest import tiny_pipeline_settings, write_settings
 
 pytestmark = pytest.mark.slow
 
@@ -140,12 +139,11 @@ def api(prefect_server, monkeypatch):
 @pytest.fixture(scope="module")
 def lethe(tmp_path_factory, tiny_generator_dir):
     """A workspace and a params file for a cheap request: tiny untrained generator, tiny random judge, a fake
-    prepared test split, permissive gates; absolute paths."""
+    prepared test split, permissive gates; absolute paths. Returns (workspace, params file, schedule settings)."""
     root = tmp_path_factory.mktemp("lethe")
-    params = tiny_pipeline_params(root, tiny_generator_dir)
-    params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    return (root / "ws").resolve(), params_file.resolve()
+    settings = tiny_pipeline_settings(root, tiny_generator_dir)
+    params_file = write_settings(settings, root / "params.yaml")
+    return settings.paths.workspace, params_file.resolve(), settings.schedule
 
 
 def _tail(path: Path, chars: int = 6000) -> str:
@@ -163,16 +161,22 @@ def _wait_for_scheduled(describe, want: int = 3, timeout: float = 30) -> dict:
 
 
 def test_deploy_describe_and_update(api, lethe):
-    from flows.schedule import deploy_nightly, describe_schedule
+    from lethe.flows.deployment import deploy_nightly, describe_schedule
 
-    workspace, params_file = lethe
-    deployment_id = deploy_nightly(workspace=str(workspace), params_file=str(params_file))
-    info = _wait_for_scheduled(describe_schedule)
+    workspace, params_file, schedule = lethe
+
+    def describe():
+        return describe_schedule(schedule.name)
+
+    deployment_id = deploy_nightly(schedule, params_file, workspace)
+    info = _wait_for_scheduled(describe)
     assert info["name"] == "lethe-process-queue/nightly" and info["id"] == str(deployment_id)
     assert (info["cron"], info["timezone"], info["pool"], info["paused"]) == ("0 2 * * *", "UTC", "lethe-pool", False)
     assert info["parameters"] == {"workspace": str(workspace), "params_file": str(params_file)}
-    assert info["env"]["LETHE_WORKSPACE"] == str(workspace) and info["env"]["LETHE_PARAMS"] == str(params_file)
-    assert info["entrypoint"] == "flows/unlearn.py:process_queue"
+    assert not any(k.startswith("LETHE_") for k in info["env"])  # state travels as parameters, not variables
+    assert info["entrypoint"] == "unlearn.py:process_queue"
+    # one batch at a time: a run that starts while one is running is cancelled, not run beside it
+    assert info["concurrency_limit"] == 1 and info["collision_strategy"].endswith("CANCEL_NEW")
     times = [datetime.fromisoformat(r["time"]) for r in info["next_runs"]]
     assert len(times) == 5 and times == sorted(times) and len(set(times)) == 5
     assert all((t.hour, t.minute, t.utcoffset().total_seconds()) == (2, 0, 0) for t in times)
@@ -181,10 +185,9 @@ def test_deploy_describe_and_update(api, lethe):
     assert sum(r["flow_run_id"] is not None for r in info["next_runs"]) >= 1, info["next_runs"]
 
     # same name: the same deployment is updated; its old scheduled runs go, the new ones follow the new cron
-    again = deploy_nightly(cron="30 3 * * 1-5", timezone="Europe/Paris", workspace=str(workspace),
-                           params_file=str(params_file))
+    again = deploy_nightly(schedule, params_file, workspace, cron="30 3 * * 1-5", timezone="Europe/Paris")
     assert again == deployment_id
-    info = _wait_for_scheduled(describe_schedule)
+    info = _wait_for_scheduled(describe)
     assert (info["id"], info["cron"], info["timezone"]) == (str(deployment_id), "30 3 * * 1-5", "Europe/Paris")
     times = [datetime.fromisoformat(r["time"]) for r in info["next_runs"]]
     assert len(times) == 5 and times == sorted(times)
@@ -198,21 +201,22 @@ def test_deploy_describe_and_update(api, lethe):
             name=DeploymentFilterName(any_=["nightly"])))) == 1
         # paused: nothing runs by itself, and deploying again does not resume it
         client.pause_deployment(deployment_id)
-        info = describe_schedule()
+        info = describe()
         assert info["paused"] is True and info["next_runs"] == []
-        assert deploy_nightly(workspace=str(workspace), params_file=str(params_file)) == deployment_id
-        info = describe_schedule()
+        assert deploy_nightly(schedule, params_file, workspace) == deployment_id
+        info = describe()
         assert info["paused"] is True and info["cron"] == "0 2 * * *"
-    assert deploy_nightly(workspace=str(workspace), params_file=str(params_file), paused=False) == deployment_id
-    assert describe_schedule()["paused"] is False
+    assert deploy_nightly(schedule, params_file, workspace, paused=False) == deployment_id
+    assert describe()["paused"] is False
 
 
-def test_bad_cron_is_refused(api):
-    from flows.schedule import deploy_nightly, validate_cron
+def test_bad_cron_is_refused(api, lethe):
+    from lethe.flows.deployment import deploy_nightly, validate_cron
 
+    workspace, params_file, schedule = lethe
     for bad in ("not a cron", "0 2 * *", "61 2 * * *", "0 25 * * *", "0 2 30 2 *", "0 2 * * * *"):
         with pytest.raises(ValueError, match="invalid cron expression"):
-            deploy_nightly(cron=bad)
+            deploy_nightly(schedule, params_file, workspace, cron=bad)
     with pytest.raises(ValueError, match="time zone"):
         validate_cron("0 2 * * *", "Mars/Olympus_Mons")
     validate_cron("0 2 * * mon-fri", "Europe/Paris")
@@ -222,19 +226,18 @@ def test_triggered_run_goes_through_a_process_worker(api, lethe, processes, tmp_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
 
-    from flows.schedule import deploy_nightly, describe_schedule, trigger_now
-    from tasks.queue import RequestQueue
+    from lethe.flows.deployment import deploy_nightly, describe_schedule, trigger_now
+    from lethe.tasks.stores.queue import RequestQueue
 
-    workspace, params_file = lethe
-    deploy_nightly(workspace=str(workspace), params_file=str(params_file))
+    workspace, params_file, schedule = lethe
+    deploy_nightly(schedule, params_file, workspace)
     queue = RequestQueue(workspace / "queue.sqlite")
     request = queue.add("trouser", "dress", "nightly test")
-    flow_run_id = trigger_now()
-    assert describe_schedule()["parameters"]["workspace"] == str(workspace)
+    flow_run_id = trigger_now(schedule.name)
+    assert describe_schedule(schedule.name)["parameters"]["workspace"] == str(workspace)
 
     env = _base_env(tmp_path / "worker-home")
-    env.update(PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_RUNNER_POLL_FREQUENCY="1",
-               LETHE_WORKSPACE=str(workspace), LETHE_PARAMS=str(params_file))
+    env.update(PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = tmp_path / "worker.log"
     worker = processes.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "lethe-pool",
                               "--run-once"], env, log)

@@ -2,20 +2,20 @@
 import pytest
 import torch
 
-from models.adapter_stack import AdapterStack
-from models.distill_targets import DistillTargets
-from models.ode_adapter import ODEAdapter
-from models.unet_split import Encoded, decode, decode_to, decoder_stage, in_decoder, last_stage, splittable
-from tests.conftest import tiny_generator
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.distill_targets import DistillTargets
+from lethe.models.ode_adapter import ODEAdapter
+from lethe.models.unet_split import Encoded, decode, decode_to, decoder_stage, in_decoder, last_stage, splittable
+from tests.conftest import ode_config, tiny_generator
 
 
 def test_decode_of_encode_equals_the_full_forward_pass_with_adapters():
     generator = tiny_generator()
     stack = AdapterStack()
-    for target in ("mid_block", "up_blocks.0", "down_blocks.0.resnets.0"):
-        adapter = ODEAdapter(generator.feature_channels(target))
+    for i, target in enumerate(("mid_block", "up_blocks.0", "down_blocks.0.resnets.0")):
+        adapter = ODEAdapter(generator.feature_channels(target), ode_config(solver="rk4", sampling_steps=None))
         torch.nn.init.normal_(adapter.field.outer.weight, std=0.2)
-        stack.add(target, adapter)
+        stack.add(f"request-{i}", {target: adapter})
     x, t, y = torch.randn(5, 1, 16, 16), torch.randint(0, 100, (5,)), torch.randint(0, 21, (5,))
     whole, _ = generator.predict_noise(x, t, y, stack)
     split, _ = generator.decode(generator.encode(x, t, y, stack), stack)

@@ -18,24 +18,27 @@ from prefect.cache_policies import NO_CACHE
 from safetensors.torch import load_file, save_file
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
-from models.judge import Judge, JudgeFeatures
-from models.sampler import sample
-from tasks.runtime import pick_device
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.judge import Judge, JudgeFeatures
+from lethe.models.sampler import sample
+from lethe.tasks.runtime import pick_device
+from lethe.tasks.settings import EvalSettings, SamplingSettings
 
 
-def eval_key(params: dict) -> str:
-    """Evaluations are comparable only under the same sampling and eval settings; this names them."""
-    relevant = {"eval": {k: v for k, v in params["eval"].items() if k != "device"}, "sampling": params["sampling"]}
+def eval_key(evaluation: EvalSettings, sampling: SamplingSettings) -> str:
+    """Evaluations are comparable only under the same sampling and eval settings; this names them. (KID's
+    subset count joined the settings later: at its first value it is left out, so earlier keys still match.)"""
+    ev = evaluation.model_dump(exclude={"device"} | ({"kid_subsets"} if evaluation.kid_subsets == 50 else set()))
+    relevant = {"eval": ev, "sampling": sampling.model_dump()}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int, device) -> float:
+def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int, subsets: int, device) -> float:
     size = min(subset, len(real), len(fake))
-    with warnings.catch_warnings():  # "will save all extracted features": a few thousand 128-d vectors here
-        warnings.simplefilter("ignore")
-        metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subset_size=size, subsets=50).to(device)
+    with warnings.catch_warnings():  # torchmetrics warns that KID "will save all extracted features"
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = KernelInceptionDistance(feature=JudgeFeatures(judge), subset_size=size, subsets=subsets).to(device)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)  # KID draws random subsets: fix them so equal inputs give equal scores
     metric.update(real.to(device), real=True)
@@ -45,25 +48,27 @@ def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int,
     return float(mean)
 
 
-def generate_samples(generator: Generator, adapters: AdapterStack | None, params: dict, progress=None):
+def generate_samples(generator: Generator, adapters: AdapterStack | None, evaluation: EvalSettings,
+                     sampling: SamplingSettings, progress=None):
     """The expensive half: every concept sampled with the eval seed (on CUDA when available)."""
-    ev, sp = params["eval"], params["sampling"]
-    device = pick_device(ev.get("device", "auto"))
+    ev, sp = evaluation, sampling
+    device = pick_device(ev.device)
     modules = [m for m in (generator, adapters) if m is not None]
     for m in modules:
         m.to(device)
     try:
-        return sample(generator, generator.concepts, ev["samples_per_concept"], ev["seed"], sp["steps"], adapters,
-                      sp["guidance"], sp["batch_size"], device, progress)
+        return sample(generator, generator.concepts, ev.samples_per_concept, ev.seed, sp.steps, adapters,
+                      sp.guidance, sp.batch_size, device, progress)
     finally:
         for m in modules:
             m.to("cpu")
 
 
 def score(images: torch.Tensor, labels: torch.Tensor, judge: Judge, forgotten: list[str],
-          real_images: torch.Tensor, real_labels: torch.Tensor, params: dict) -> dict:
+          real_images: torch.Tensor, real_labels: torch.Tensor, evaluation: EvalSettings,
+          sampling: SamplingSettings) -> dict:
     """The cheap half: judged accuracy per concept, forget/retain summaries and KID for a forgotten list."""
-    device = pick_device(params["eval"].get("device", "auto"))
+    device = pick_device(evaluation.device)
     concepts = judge.concepts
     judge.to(device)
     try:
@@ -73,7 +78,8 @@ def score(images: torch.Tensor, labels: torch.Tensor, judge: Judge, forgotten: l
         retained = [c for c in accuracy if c not in forgotten]
         retained_ids = torch.tensor([concepts.index(c) for c in retained])
         kid = kid_score(judge, real_images[torch.isin(real_labels, retained_ids)],
-                        images[torch.isin(labels, retained_ids)], params["eval"]["kid_subset"], device)
+                        images[torch.isin(labels, retained_ids)], evaluation.kid_subset, evaluation.kid_subsets,
+                        device)
     finally:
         judge.to("cpu")
     forget_accs = [accuracy[c] for c in forgotten]
@@ -84,8 +90,8 @@ def score(images: torch.Tensor, labels: torch.Tensor, judge: Judge, forgotten: l
         "forget_acc_mean": sum(forget_accs) / len(forget_accs) if forget_accs else 0.0,
         "retain_acc_mean": sum(accuracy[c] for c in retained) / len(retained),
         "kid": kid,
-        "samples_per_concept": params["eval"]["samples_per_concept"],
-        "eval_key": eval_key(params),
+        "samples_per_concept": evaluation.samples_per_concept,
+        "eval_key": eval_key(evaluation, sampling),
     }
 
 

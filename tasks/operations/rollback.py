@@ -7,13 +7,12 @@ when the restored version was registered, so a restore is checked bit for bit.
 """
 from __future__ import annotations
 
-import getpass
-import os
 from datetime import datetime, timezone
 
-from tasks.queue import ROLLED_BACK, RequestQueue
-from tasks.registry import Registry
-from tasks.sampling import sample_fingerprint
+from lethe.tasks.settings import FingerprintSettings, SamplingSettings
+from lethe.tasks.steps.fingerprint import sample_fingerprint
+from lethe.tasks.stores.queue import ROLLED_BACK, RequestQueue
+from lethe.tasks.stores.registry import Registry
 
 
 class RollbackRefused(ValueError):
@@ -46,7 +45,7 @@ def pick_target(registry: Registry, to: str | None, steps: int | None) -> str:
     try:
         target = registry.version(to)
     except KeyError:
-        raise RollbackRefused(f"version {to} does not exist") from None
+        raise RollbackRefused(f"version {to!r} does not exist") from None
     if target.tags.get("gate") != "passed":
         raise RollbackRefused(f"version {to} never passed its quality gates "
                               f"({target.tags.get('gate_reasons') or 'not evaluated'}); it cannot be production")
@@ -55,14 +54,16 @@ def pick_target(registry: Registry, to: str | None, steps: int | None) -> str:
     return str(target.version)
 
 
-def move_production(registry: Registry, queue: RequestQueue, to: str | None = None, steps: int | None = None,
-                    reason: str = "", requeue: bool = False, verify: bool = True, sampling_steps: int = 20) -> dict:
+def move_production(registry: Registry, queue: RequestQueue, who: str, to: str | None, steps: int | None,
+                    reason: str, requeue: bool, fingerprint: FingerprintSettings | None,
+                    sampling: SamplingSettings) -> dict:
+    """Move production; `who` is recorded with the reason. With `fingerprint`, production's samples are
+    checked against the fingerprint recorded at registration (None skips the check)."""
     target = pick_target(registry, to, steps)
     before = chain(registry, str(registry.production().version))
     after = chain(registry, target)
     undone = [v for v in before if v not in after]
     redone = [v for v in after if v not in before]
-    who = os.environ.get("LETHE_USER") or getpass.getuser()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     why = reason or "(no reason given)"
     registry.promote(target)
@@ -89,7 +90,7 @@ def move_production(registry: Registry, queue: RequestQueue, to: str | None = No
     result = {"from": before[0], "to": target, "undone": undone, "redone": redone, "requests": requests,
               "who": who, "when": when, "reason": why, "verified": None}
     recorded = registry.version(target).tags.get("sample_sha256")
-    if verify and recorded:
+    if fingerprint is not None and recorded:
         generator, adapters = registry.load(target)
-        result["verified"] = sample_fingerprint(generator, adapters, sampling_steps) == recorded
+        result["verified"] = sample_fingerprint(generator, adapters, fingerprint, sampling) == recorded
     return result

@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tasks.settings import PROJECT_ROOT
 
 
-def load_split(split: str, folder: Path = PROJECT_ROOT / "prepared") -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(split: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float32 in [-1, 1] (N, 1, H, W) and concept labels (N,)."""
     path = folder / f"{split}.safetensors"
     if not path.is_file():

@@ -7,14 +7,12 @@ different or corrupted copy is caught before anything trains on it.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
 import shutil
 from pathlib import Path
 
 import yaml
 
-from tasks.settings import PROJECT_ROOT
+from lethe.tasks.stages.entry import stage_settings
 
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -25,14 +23,14 @@ class MissingSource(RuntimeError):
     """A raw data set is not installed on this machine."""
 
 
-def fashion_source() -> Path:
-    folder = Path(os.environ.get("LETHE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+def fashion_source(folder: Path) -> Path:
+    """The folder of the Debian package's idx files (`paths.fashion_mnist`), checked."""
     missing = [f for f in FASHION_FILES if not (folder / f).is_file()]
     if missing:
         raise MissingSource(
             f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}). Install it with\n"
             "  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-            "or point LETHE_FASHION_MNIST_DIR at a folder holding the four idx .gz files.")
+            "or set paths.fashion_mnist (LETHE_PATHS__FASHION_MNIST) to a folder holding the four idx .gz files.")
     return folder
 
 
@@ -53,41 +51,42 @@ def _copy(src: Path, dst: Path) -> None:
         tmp.replace(dst)
 
 
-def recorded_hash(root: Path) -> str:
-    return yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+def recorded_hash(data: Path) -> str:
+    return yaml.safe_load(data.with_suffix(".dvc").read_text())["outs"][0]["md5"]
 
 
-def verify(root: Path = PROJECT_ROOT) -> None:
-    """Raise if data/ differs from the hash recorded in data.dvc.
+def verify(data: Path) -> None:
+    """Raise if the data folder differs from the hash recorded in its .dvc file (data.dvc beside it).
 
     DVC hashes the folder as `dvc add` would (which also fills the local cache, so `dvc push` works); if the
     hash is not the recorded one, data.dvc is put back as it was and nothing downstream runs.
     """
     from dvc.repo import Repo
 
-    logging.getLogger("dvc").setLevel(logging.WARNING)
-    recorded = (root / "data.dvc").read_text()
-    expected = recorded_hash(root)
-    with Repo(str(root)) as repo:
-        repo.add([str(root / "data")])
-    found = recorded_hash(root)
+    dvc_file = data.with_suffix(".dvc")
+    recorded = dvc_file.read_text()
+    expected = recorded_hash(data)
+    with Repo(str(data.parent)) as repo:
+        repo.add([str(data)])
+    found = recorded_hash(data)
     if found != expected:
-        (root / "data.dvc").write_text(recorded)
+        dvc_file.write_text(recorded)
         raise RuntimeError(f"data/ does not match data.dvc (found {found}, expected {expected}). The packaged data "
                            "sets differ from the ones this project was built on; reinstall them, or run "
                            "`dvc add data` on purpose and retrain.")
 
 
-def ingest(root: Path = PROJECT_ROOT, check: bool = True) -> Path:
-    data = root / "data"
-    fashion = fashion_source()
+def ingest(data: Path, fashion_folder: Path, check: bool = True) -> Path:
+    """Copy both data sets into `data` and (with `check`) verify it against its .dvc file."""
+    fashion = fashion_source(fashion_folder)
     for name in FASHION_FILES:
         _copy(fashion / name, data / "fashion-mnist" / name)
     _copy(digits_source(), data / "mnist-5k" / DIGITS_FILE)
     if check:
-        verify(root)
+        verify(data)
     return data
 
 
 if __name__ == "__main__":
-    print(f"data ingested and verified against data.dvc: {ingest()}")
+    settings = stage_settings(__doc__)
+    print(f"data ingested and verified against data.dvc: {ingest(settings.paths.data, settings.paths.fashion_mnist)}")

@@ -1,8 +1,7 @@
 """Lineage: the registered versions as rows (for a table, or JSON for scripts)."""
 from __future__ import annotations
 
-from tasks.registry import PRODUCTION, Registry
-from tasks.settings import Workspace, load_params
+from lethe.tasks.stores.registry import PRODUCTION, Registry
 
 KEY_METRICS = ("forget_acc_max", "retain_acc_mean", "kid", "before.forget_acc", "before.retain_acc_mean")
 
@@ -17,8 +16,7 @@ def status_of(version, aliases: list[str]) -> str:
     return {"failed": "rejected", "passed": "superseded"}.get(version.tags.get("gate"), "incomplete")
 
 
-def lineage(registry: Registry | None = None) -> list[dict]:
-    registry = registry or Registry(Workspace.resolve(), load_params()["registry"]["model_name"])
+def lineage(registry: Registry) -> list[dict]:
     alias_map = registry.client.get_registered_model(registry.model_name).aliases  # alias -> version
     rows = []
     for v in registry.versions():

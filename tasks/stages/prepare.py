@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from models.concepts import CLOTHING, CONCEPTS
-from tasks.settings import PROJECT_ROOT, load_params
+from lethe.models.concepts import CLOTHING, CONCEPTS
+from lethe.tasks.stages.entry import stage_settings
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -60,7 +60,7 @@ def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dic
 
 
 if __name__ == "__main__":
-    params = load_params()["data"]
-    summary = prepare(PROJECT_ROOT / "data", PROJECT_ROOT / "prepared", params["image_size"],
-                      params["digits_test_per_class"])
+    settings = stage_settings(__doc__)
+    summary = prepare(settings.paths.data, settings.paths.prepared, settings.data.image_size,
+                      settings.data.digits_test_per_class)
     print(json.dumps({k: v["images"] for k, v in summary.items()}))

@@ -6,8 +6,6 @@ restorable with `dvc pull`, byte for byte, from the remote (a local folder by de
 """
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +14,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 import yaml
 from safetensors.torch import save_file
-
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REMOTE_NAME = "storage"
 
@@ -31,8 +27,9 @@ class DatasetRef:
     md5: str
     size: int
 
-    def to_tags(self, prefix: str) -> dict[str, str]:
-        return {f"{prefix}_md5": self.md5, f"{prefix}_path": str(self.path), f"{prefix}_size": str(self.size)}
+    def relative_path(self, root: Path) -> str:
+        """The set's path relative to the DVC repository (what tags record, so a moved workspace still works)."""
+        return str(self.path.relative_to(root))
 
 
 class DatasetStore:
@@ -43,7 +40,6 @@ class DatasetStore:
     def _repo(self):
         from dvc.repo import Repo
 
-        logging.getLogger("dvc").setLevel(logging.WARNING)  # no "Initialized DVC repository" chatter per request
         if not (self.root / ".dvc").is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
             Repo.init(str(self.root), no_scm=True).close()

@@ -13,10 +13,11 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models.adapter_stack import AdapterStack
-from models.generator import Generator
-from models.judge import Judge
-from models.sampler import sample
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.models.judge import Judge
+from lethe.models.sampler import sample
+from lethe.tasks.settings import DistillSettings, SamplingSettings
 
 
 @dataclass
@@ -42,19 +43,19 @@ def nearest_retained(judge: Judge, images: torch.Tensor, candidates: list[str]) 
 
 
 def distill(generator: Generator, teacher: AdapterStack, judge: Judge, concept: str, anchor: str | None,
-            forgotten: list[str], params: dict, progress=None) -> ReplaySets:
-    """Generate the replay sets; `params` holds the `distill` and `sampling` sections."""
-    n, seed = params["distill"]["replay_per_concept"], params["distill"]["seed"]
-    steps, batch = params["sampling"]["steps"], params["sampling"]["batch_size"]
-    forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, params["sampling"]["guidance"], batch)
+            forgotten: list[str], replay: DistillSettings, sampling: SamplingSettings, progress=None) -> ReplaySets:
+    """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept."""
+    n, seed = replay.replay_per_concept, replay.seed
+    steps, batch = sampling.steps, sampling.batch_size
+    forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, sampling.guidance, batch)
     if anchor is None:
         candidates = [c for c in generator.concepts if c != concept and c not in forgotten]
         if not candidates:
             raise ValueError("no retained concept is left to serve as an anchor")
         anchor = nearest_retained(judge, forget_images, candidates)
     retained = [c for c in generator.concepts if c != concept]
-    retain_images, retain_labels = sample(generator, retained, n, seed, steps, teacher,
-                                          params["sampling"]["guidance"], batch, progress=progress)
+    retain_images, retain_labels = sample(generator, retained, n, seed, steps, teacher, sampling.guidance, batch,
+                                          progress=progress)
     return ReplaySets(forget_images, retain_images, retain_labels, anchor)
 
 

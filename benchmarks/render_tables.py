@@ -14,10 +14,14 @@ import json
 from functools import partial
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # figures without pyplot: no backend to choose, headless anywhere
 
-matplotlib.use("Agg")  # headless: the report runs on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _subplots(*grid, figsize):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -185,16 +189,15 @@ def plot_continual(rows: list[dict], plots: Path, prefix: str = "continual") -> 
     groups = by_method_step(rows)
     written = []
     for key, title, ylabel, scale in CONTINUAL_METRICS:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _subplots(figsize=(6, 4))
         plot_metric(ax, groups, key, title, ylabel, scale)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = plots / f"{prefix}_{key}.png"
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         written.append(path)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = _subplots(2, 3, figsize=(15, 8))
     for ax, (key, title, ylabel, scale) in zip(axes.flat, CONTINUAL_METRICS):
         plot_metric(ax, groups, key, title, ylabel, scale)
     found = {}
@@ -207,14 +210,13 @@ def plot_continual(rows: list[dict], plots: Path, prefix: str = "continual") -> 
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = plots / f"{prefix}.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return written + [path]
 
 
 def plot_sweep(rows: list[dict], plots: Path) -> Path:
     """Forget and retained accuracy against the distillation horizon, labelled with its multiplier."""
     rows = sorted(rows, key=lambda r: (r.get("horizon") is None, r.get("horizon") or 0))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for key, label in (("forget_acc", "forget accuracy"), ("retain_acc", "retained accuracy (% of base)")):
         points = [(r["horizon"], 100 * r[key]) for r in rows
                   if r.get("horizon") is not None and r.get(key) is not None]
@@ -234,7 +236,6 @@ def plot_sweep(rows: list[dict], plots: Path) -> Path:
     fig.tight_layout()
     path = plots / "sweep.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -250,7 +251,7 @@ def plot_ablation(rows: list[dict], plots: Path) -> Path:
     """Horizontal bars of forget and retained accuracy per variant, one pair per row."""
     names = [r.get("variant") for r in rows]
     labels = [ablation_label(r, names.count(r.get("variant")) > 1) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.5 * len(rows)))
+    fig, ax = _subplots(figsize=(7, 1.5 + 0.5 * len(rows)))
     height = 0.38
     ys = range(len(rows))
     for offset, key, label in ((-height / 2, "forget_acc", "forget accuracy"),
@@ -267,7 +268,6 @@ def plot_ablation(rows: list[dict], plots: Path) -> Path:
     fig.tight_layout(rect=(0, 0.35 / (1.5 + 0.5 * len(rows)), 1, 1))
     path = plots / "ablation.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -3,35 +3,34 @@
 Pure functions for the CLI (`lethe schedule`): create the work pool, create or update the deployment
 (`lethe-process-queue/<name>`, same name = same deployment), describe it with its next runs, trigger a run now.
 
+This is the deployment's only definition (there is no prefect.yaml): its name, pool, cron and time zone
+come from the `schedule` settings, and its parameters pin the params file and the workspace by absolute
+path. Its concurrency limit is one, and a run that starts while another is running is cancelled
+(CANCEL_NEW); the batch lock stops a `lethe run` beside it.
+
 They talk to the Prefect API the current settings point at: set PREFECT_API_URL to a running server
 (`prefect server start`) before the process imports prefect, or use `prefect.settings.temporary_settings`.
 The server's scheduler creates the scheduled runs; a worker started from any directory on this machine
-(`prefect worker start --pool lethe-pool`) runs them: the deployment's pull step moves the flow-run process into
-the project folder, and its parameters and environment name the workspace and params file by absolute path.
+(`prefect worker start --pool lethe-pool`) runs them from the installed `lethe.flows` package.
 """
+
 from __future__ import annotations
 
-import os
-from datetime import datetime, timezone as _utc_tz
+from datetime import datetime
+from datetime import timezone as _utc_tz
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-from tasks.settings import PROJECT_ROOT, Workspace  # noqa: E402
+from lethe.tasks.settings import ScheduleSettings
 
 FLOW_NAME = "lethe-process-queue"
-ENTRYPOINT = "flows/unlearn.py:process_queue"
-DEFAULT_POOL = "lethe-pool"
-DEFAULT_CRON = "0 2 * * *"
-DEFAULT_NAME = "nightly"
-# Settings the flow reads from the environment; the deployment carries the ones set when it is made.
-CARRIED_ENV = ("LETHE_WORKSPACE", "LETHE_PARAMS", "LETHE_MLFLOW_URI", "LETHE_DVC_REMOTE")
+FLOWS_FOLDER = Path(__file__).resolve().parent  # the installed lethe.flows package
+ENTRYPOINT = "unlearn.py:process_queue"
 
 
-def full_name(name: str = DEFAULT_NAME) -> str:
+def full_name(name: str) -> str:
     """`lethe-process-queue/<name>`, the form the Prefect API and `prefect deployment run` use."""
     return name if "/" in name else f"{FLOW_NAME}/{name}"
 
@@ -65,7 +64,7 @@ def validate_cron(cron: str, timezone: str = "UTC") -> None:
         raise ValueError(f"invalid cron expression {cron!r}: {error}") from None
 
 
-def ensure_work_pool(name: str = DEFAULT_POOL):
+def ensure_work_pool(name: str):
     """The process work pool `name`, created (with the process worker's default job template) if missing.
     Raises ValueError if a pool of that name exists with another type."""
     from prefect.client.orchestration import get_client
@@ -90,60 +89,47 @@ def ensure_work_pool(name: str = DEFAULT_POOL):
     return pool
 
 
-def deploy_nightly(cron: str = DEFAULT_CRON, timezone: str = "UTC", pool: str = DEFAULT_POOL,
-                   workspace: str | Path | None = None, params_file: str | Path | None = None,
-                   name: str = DEFAULT_NAME, paused: bool | None = None) -> UUID:
+def deploy_nightly(schedule: ScheduleSettings, params_file: str | Path, workspace: str | Path,
+                   cron: str | None = None, timezone: str | None = None, paused: bool | None = None) -> UUID:
     """Create or update (same name: same deployment, same id) the deployment `lethe-process-queue/<name>` of
-    `process_queue` on the process work pool `pool`, scheduled by `cron` in `timezone`. Returns its id.
+    `process_queue` on the process work pool `schedule.pool`, on `cron` in `timezone` (the settings' unless
+    given). Returns its id.
 
-    The workspace (argument, else LETHE_WORKSPACE, else the project's `workspace/`) is pinned as an absolute
-    path; so is the params file if one is given (argument or LETHE_PARAMS), otherwise each run reads the
-    project's params.yaml as it is then. Both go into the deployment's default parameters and into its
-    job environment, with LETHE_MLFLOW_URI / LETHE_DVC_REMOTE if they are set now. `paused=None` keeps the
-    current state (a paused deployment stays paused: a plain re-apply would resume it); a new one is active.
-    No image is built or pushed: the deployment's pull step is `set_working_directory` to this project
-    folder, and the code runs from there.
+    The params file and the workspace are pinned as absolute paths in the deployment's parameters; the
+    worker's environment may still override settings (LETHE_<SECTION>__<KEY>). `paused=None` keeps the current
+    state (a paused deployment stays paused: a plain re-apply would resume it); a new one is active.
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.flows import Flow
     from prefect.schedules import Cron
 
+    cron = cron or schedule.cron
+    timezone = timezone or schedule.timezone
     validate_cron(cron, timezone)
-    if "/" in name:
-        raise ValueError(f"deployment name {name!r}: give the short name (e.g. 'nightly'), not flow/name")
-    ws = str(Workspace.resolve(workspace).root)
-    params_file = params_file or os.environ.get("LETHE_PARAMS") or None
-    if params_file is not None:
-        params_file = Path(params_file).resolve()
-        if not params_file.is_file():
-            raise FileNotFoundError(f"params file {params_file} does not exist")
-        params_file = str(params_file)
-    ensure_work_pool(pool)
+    name = schedule.name
+    params_file = Path(params_file).resolve()
+    if not params_file.is_file():
+        raise FileNotFoundError(f"params file {str(params_file)!r} does not exist")
+    workspace = str(Path(workspace).resolve())
+    ensure_work_pool(schedule.pool)
     if paused is None:
         paused = _current_paused_state(name)
-
-    env = {key: os.environ[key] for key in CARRIED_ENV if os.environ.get(key)}
-    env["LETHE_WORKSPACE"] = ws
-    if params_file:
-        env["LETHE_PARAMS"] = params_file
-    else:
-        env.pop("LETHE_PARAMS", None)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-
-    flow = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINT)
+    flow = Flow.from_source(source=str(FLOWS_FOLDER), entrypoint=ENTRYPOINT)
     if flow.name != FLOW_NAME:
         raise RuntimeError(f"{ENTRYPOINT} is flow {flow.name!r}, expected {FLOW_NAME!r}")
     # to_deployment + apply is what Flow.deploy does without an image, minus its console output
     deployment = flow.to_deployment(
         name=name,
-        work_pool_name=pool,
+        work_pool_name=schedule.pool,
         schedules=[Cron(cron, timezone=timezone, slug=f"{name}-cron")],
-        parameters={"workspace": ws, "params_file": params_file},
-        job_variables={"env": env},
-        description=f"Lethe {name} batch: process every pending deletion request of {ws}.",
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        parameters={"params_file": str(params_file), "workspace": workspace},
+        job_variables={"env": {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}},
+        description=f"Lethe {name} batch: process every pending deletion request of {workspace}.",
         tags=["lethe", name],
         paused=paused,
     )
-    deployment_id = deployment.apply(work_pool_name=pool)
+    deployment_id = deployment.apply(work_pool_name=schedule.pool)
     return UUID(str(deployment_id))
 
 
@@ -178,7 +164,7 @@ def _cron_times(cron: str, timezone: str, after: datetime, n: int) -> list[datet
     return times
 
 
-def describe_schedule(name: str = DEFAULT_NAME, n: int = 5) -> dict[str, Any]:
+def describe_schedule(name: str, n: int = 5) -> dict[str, Any]:
     """The deployment and its next `n` runs, as a JSON-able dict.
 
     `next_runs` holds {"time": ISO time in the schedule's time zone, "flow_run_id": id or None}: first the
@@ -212,7 +198,9 @@ def describe_schedule(name: str = DEFAULT_NAME, n: int = 5) -> dict[str, Any]:
         "cron": None, "timezone": None, "schedule_active": False, "pool": deployment.work_pool_name,
         "work_queue": deployment.work_queue_name, "parameters": dict(deployment.parameters or {}),
         "env": dict((deployment.job_variables or {}).get("env") or {}), "paused": bool(deployment.paused),
-        "entrypoint": deployment.entrypoint, "api_url": PREFECT_API_URL.value(), "next_runs": []}
+        "entrypoint": deployment.entrypoint, "api_url": PREFECT_API_URL.value(), "next_runs": [],
+        "concurrency_limit": getattr(deployment.global_concurrency_limit, "limit", None),
+        "collision_strategy": str(getattr(deployment.concurrency_options, "collision_strategy", None) or "")}
     if schedule is None:
         return info
     cron, tz = schedule.schedule.cron, schedule.schedule.timezone or "UTC"
@@ -230,7 +218,7 @@ def describe_schedule(name: str = DEFAULT_NAME, n: int = 5) -> dict[str, Any]:
     return info
 
 
-def trigger_now(name: str = DEFAULT_NAME, parameters: dict | None = None) -> UUID:
+def trigger_now(name: str, parameters: dict | None = None) -> UUID:
     """Create a flow run of the deployment to start now (a worker on its pool picks it up); returns its id
     without waiting. `parameters` override the deployment's defaults (e.g. {"limit": 1})."""
     from prefect.client.orchestration import get_client

@@ -1,0 +1,215 @@
+"""Register: versions of the generator in the MLflow Model Registry, with lineage tags and the
+`production` alias.
+
+Every version is a self-contained pyfunc model (base generator folder + its whole adapter stack + sampling
+settings, logged as models-from-code with `lethe.models` as its only code), logged by a run that holds the
+step's settings, metrics, replay-set inputs and sample grid. The alias moves only after a version's tags are
+complete and its gates passed, so production never points at a half-registered version.
+
+Everything goes through one `MlflowClient` bound to the workspace's URI; nothing sets MLflow's process-wide
+tracking URI. Registration is idempotent: a version carries a `registration_key` (request and attempt), so a
+retry after a write that succeeded on the server finds that version instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.generator import Generator
+from lethe.tasks.settings import RegistrySettings
+from lethe.tasks.stores import serving_model
+from lethe.tasks.workspace import Workspace
+
+PRODUCTION = "production"
+REGISTRATION_KEY = "registration_key"
+MODELS_CODE = Path(__file__).resolve().parents[2] / "models"  # the lethe.models package, wherever installed
+# What loading a version needs, pinned (constraints.txt); nothing resolved by a bare name.
+PIP_REQUIREMENTS = ["torch==2.13.0", "diffusers==0.42.1", "torchdiffeq==0.2.5", "safetensors==0.8.0",
+                    "numpy==2.4.6", "pandas==3.1.1"]
+
+
+def flatten(prefix: str, values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(f"{name}.", value))
+        else:
+            out[name] = value
+    return out
+
+
+def models_code_path(folder: Path) -> Path:
+    """A copy of `lethe.models` laid out as `lethe/models/` (no `lethe/__init__.py`: a namespace portion), the
+    model's only code path."""
+    target = folder / "lethe" / "models"
+    shutil.copytree(MODELS_CODE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return folder / "lethe"
+
+
+def local_source(path: Path):
+    """MLflow's dataset source for a local file (a replay set in the workspace's DVC repository)."""
+    with warnings.catch_warnings():  # MLflow registers the local-file source twice and says so
+        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+        return resolve_dataset_source(str(path))
+
+
+class Registry:
+    def __init__(self, workspace: Workspace, registry: RegistrySettings):
+        self.workspace = workspace
+        self.model_name = registry.model_name
+        self.client = MlflowClient(tracking_uri=workspace.mlflow_uri, registry_uri=workspace.mlflow_uri)
+        experiment = self.client.get_experiment_by_name(registry.experiment)
+        if experiment is None:
+            local = not workspace.mlflow_uri.startswith(("http://", "https://", "databricks"))
+            location = workspace.mlflow_artifacts.as_uri() if local else None
+            self.experiment_id = self.client.create_experiment(registry.experiment, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(
+                self.model_name,
+                description="Lethe: a base diffusion generator plus one ODE adapter per deletion request.")
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def versions(self) -> list:
+        found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        return sorted(found, key=lambda v: int(v.version))
+
+    def version(self, version: str | int):
+        try:
+            return self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            raise KeyError(f"model {self.model_name} has no version {version!r}") from None
+
+    def production(self):
+        try:
+            return self.client.get_model_version_by_alias(self.model_name, PRODUCTION)
+        except MlflowException:
+            return None
+
+    def by_key(self, key: str):
+        """The version registered under `key`, or None."""
+        found = self.client.search_model_versions(
+            f"name = '{self.model_name}' and tags.{REGISTRATION_KEY} = '{key}'")
+        return min(found, key=lambda v: int(v.version)) if found else None
+
+    def pyfunc(self, version: str | int):
+        """The version as MLflow loads it (downloaded once into the workspace's model cache)."""
+        folder = self.workspace.model_cache / f"v{version}"
+        if not (folder / "MLmodel").is_file():
+            source = self.client.get_model_version_download_uri(self.model_name, str(self.version(version).version))
+            tmp = Path(tempfile.mkdtemp(dir=self.workspace.root, prefix=".download-"))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+                                                        tracking_uri=self.workspace.mlflow_uri)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            Path(local).replace(folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return mlflow.pyfunc.load_model(str(folder))
+
+    def load(self, version: str | int) -> tuple[Generator, AdapterStack]:
+        """Generator and adapter stack of a version, through MLflow's pyfunc loader."""
+        model = self.pyfunc(version).unwrap_python_model()
+        return model.generator, model.adapters
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def register(self, key: str, generator: Generator, adapters: AdapterStack, sampling: dict, run_name: str,
+                 settings: dict, metrics: dict, tags: dict, description: str, files: dict[str, Path],
+                 datasets: dict[str, tuple[Path, str]] | None = None) -> str:
+        """Log a run with the model and create a registry version carrying `tags`; returns the version.
+
+        `key` makes it idempotent: an existing version with that key is returned as it is, and a finished
+        run with that key is reused rather than logged again. `datasets` maps a context ("forget") to the
+        path and digest of a replay set, logged as the run's dataset inputs."""
+        existing = self.by_key(key)
+        if existing is not None:
+            return str(existing.version)
+        run_id = self._finished_run(key) or self._log_run(key, generator, adapters, sampling, run_name, settings,
+                                                           metrics, tags, files, datasets or {})
+        version_tags = {k: str(v) for k, v in tags.items()} | {REGISTRATION_KEY: key}
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        version = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=version_tags,
+                                                   description=description)
+        return str(version.version)
+
+    def _finished_run(self, key: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id],
+                                       f"tags.{REGISTRATION_KEY} = '{key}' and attributes.status = 'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
+    def _log_run(self, key, generator, adapters, sampling, run_name, settings, metrics, tags, files,
+                 datasets) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={REGISTRATION_KEY: key})
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)[:6000]) for k, v in flatten("", settings).items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.log_dict(run_id, settings, "settings.json")
+            if datasets:
+                self.client.log_inputs(run_id, datasets=[
+                    DatasetInput(MetaDataset(local_source(path), name=context, digest=digest)._to_mlflow_entity(),
+                                 tags=[InputTag("mlflow.data.context", context)])
+                    for context, (path, digest) in datasets.items()])
+            for name, path in files.items():
+                self.client.log_artifact(run_id, str(path), name)
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                generator.save(tmp / "generator")
+                adapters.save(tmp / "adapters")
+                (tmp / "sampling.json").write_text(json.dumps(sampling))
+                mlflow.pyfunc.save_model(
+                    path=str(tmp / "model"), python_model=serving_model.__file__,
+                    artifacts={"generator": str(tmp / "generator"), "adapters": str(tmp / "adapters"),
+                               "sampling": str(tmp / "sampling.json")},
+                    code_paths=[str(models_code_path(tmp / "code"))], signature=serving_model.SIGNATURE,
+                    input_example=serving_model.input_example(generator.concepts[0]),
+                    pip_requirements=PIP_REQUIREMENTS)
+                self.client.log_artifacts(run_id, str(tmp / "model"), "model")
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def log_file(self, version: str, path: Path, artifact_path: str) -> None:
+        """Attach a file to the run that registered `version` (e.g. the lineage plot once it is known)."""
+        self.client.log_artifact(self.version(version).run_id, str(path), artifact_path)
+
+    def set_tags(self, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), key, str(value))
+
+    def promote(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
+
+
+@task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def register_version_task(registry: Registry, **kwargs) -> str:
+    return registry.register(**kwargs)
+
+
+@task(name="promote-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def promote_task(registry: Registry, version: str) -> None:
+    registry.promote(version)
