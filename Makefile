@@ -8,17 +8,17 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test bench install system-data data models lint-layers clean-workspace
+.PHONY: demo test bench install system-data data models lint check-models clean-workspace
 
 demo: models                      ## install, verify data and models, run the demo requests, print the lineage
 	$(BIN)/lethe demo
 
-test: data lint-layers            ## the whole test suite (what CI runs)
+test: lint check-models           ## the checks and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 bench: models                     ## the continual benchmark (hours on a 2-core CPU), then BENCHMARKS.md's tables
 	$(BIN)/python benchmarks/continual.py
-	$(BIN)/python benchmarks/report.py --markdown benchmarks/results/report.md
+	$(BIN)/python benchmarks/render_tables.py --markdown benchmarks/results/report.md
 
 install: $(VENV)/.installed
 
@@ -35,15 +35,19 @@ system-data:                      ## Fashion-MNIST ships as a Debian package
 	fi
 
 data: install system-data         ## copy the raw data into data/ and verify it against data.dvc; prepare tensors
-	$(BIN)/python -m tasks.ingest
+	$(BIN)/python -m lethe.tasks.stages.ingest --params params.yaml
 	$(BIN)/dvc repro -q prepare
 
 models: data                      ## base generator and judge: checked against dvc.lock, retrained only if stale
 	$(BIN)/dvc repro -q
 	@$(BIN)/dvc status
 
-lint-layers:
-	@if [ -f ../shared/tools/layers.py ]; then $(BIN)/python ../shared/tools/layers.py .; fi
+lint: install                     ## ruff (lint and format) over the whole tree
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+check-models: data                ## fails when a shipped artefact no longer matches its code, data or params
+	$(BIN)/python -m lethe.tasks.stages.freshness
 
 clean-workspace:                  ## forget every run-time state (queue, registry, datasets); keeps the models
 	rm -rf workspace

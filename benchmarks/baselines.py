@@ -12,6 +12,7 @@ the same replay images, noise, timesteps and teacher targets) and the same seede
 - `retrain`: the base recipe (`tasks.train_base`) run from scratch on the training data minus every forgotten
   concept; the gold standard, trained once at the end of the sequence.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ def _optimise(optimiser, steps: int, batch_loss, progress=None) -> None:
             progress(step, steps, {"loss": float(loss.detach())})
 
 
-def train_full_finetune(generator: Generator, pool: DistillTargets, settings: Settings,
-                        progress=None) -> tuple[Generator, int, float]:
+def train_full_finetune(
+    generator: Generator, pool: DistillTargets, settings: Settings, progress=None
+) -> tuple[Generator, int, float]:
     """dfr-ft: a fine-tuned copy of `generator` (the teacher, left untouched); returns (student, trainable, s).
     Reads `train` (steps, batches, loss weights) and `baselines.dfr_ft` (learning rate, drift weight)."""
     train, recipe = settings.train, settings.baselines.dfr_ft
@@ -62,8 +64,11 @@ def train_full_finetune(generator: Generator, pool: DistillTargets, settings: Se
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
         drift = sum((p - p0).pow(2).sum() for p, p0 in zip(student.unet.parameters(), start_weights))
-        return (train.weights.forget * noise_matching(eps[:n_forget], target[:n_forget])
-                + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:]) + l2 * drift)
+        return (
+            train.weights.forget * noise_matching(eps[:n_forget], target[:n_forget])
+            + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:])
+            + l2 * drift
+        )
 
     _optimise(optimiser, train.steps, batch_loss, progress)
     trainable = sum(p.numel() for p in student.unet.parameters())
@@ -71,8 +76,7 @@ def train_full_finetune(generator: Generator, pool: DistillTargets, settings: Se
 
 
 @torch.no_grad()
-def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: float,
-                              batch_size: int) -> torch.Tensor:
+def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: float, batch_size: int) -> torch.Tensor:
     """ESD's target for every forget row: eps(x, null) - eta * (eps(x, c) - eps(x, null)) of the teacher."""
     rows = torch.arange(pool.n_forget)
     out = []
@@ -84,8 +88,9 @@ def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: flo
     return torch.cat(out)
 
 
-def train_esd(generator: Generator, pool: DistillTargets, settings: Settings,
-              progress=None) -> tuple[Generator, int, float]:
+def train_esd(
+    generator: Generator, pool: DistillTargets, settings: Settings, progress=None
+) -> tuple[Generator, int, float]:
     """esd: sequential fine-tune of every weight with negative guidance on the forget rows. Reads `train`
     (steps, batch size, seed) and `baselines.esd` (learning rate, eta)."""
     train, recipe = settings.train, settings.baselines.esd
@@ -135,8 +140,7 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
     rng = torch.Generator().manual_seed(train.seed)
     start = time.time()
     scores = weight_saliency(generator, pool, recipe.saliency_rows)
-    modules = [n for n in sorted(scores, key=scores.get, reverse=True)
-               if n not in ("conv_in", "conv_out")][:n_modules]
+    modules = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")][:n_modules]
     student = copy.deepcopy(generator)
     peft_unet = get_peft_model(student.unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
     lora = [p for n, p in peft_unet.named_parameters() if p.requires_grad]
@@ -147,8 +151,9 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
         idx = pool.draw(n_forget, n_retain, rng)
         eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
         target = pool.teacher_eps[idx]
-        return (train.weights.forget * noise_matching(eps[:n_forget], target[:n_forget])
-                + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:]))
+        return train.weights.forget * noise_matching(
+            eps[:n_forget], target[:n_forget]
+        ) + train.weights.retain * noise_matching(eps[n_forget:], target[n_forget:])
 
     _optimise(optimiser, train.steps, batch_loss, progress)
     trainable = sum(p.numel() for p in lora)
@@ -156,8 +161,14 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
     return _frozen(student), trainable, round(time.time() - start, 1), modules
 
 
-def retrain_without(images: torch.Tensor, labels: torch.Tensor, forgotten_labels: list[int],
-                    base: BaseTrainingSettings, image_size: int, steps: int | None) -> tuple[Generator, dict]:
+def retrain_without(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    forgotten_labels: list[int],
+    base: BaseTrainingSettings,
+    image_size: int,
+    steps: int | None,
+) -> tuple[Generator, dict]:
     """retrain: the base recipe on the training split minus every forgotten concept (`steps` of it, or all)."""
     from lethe.tasks.stages.train_base import train_base
 

@@ -16,6 +16,7 @@ step 0 hold the base. Training and sampling are the pipeline's own code (tasks.d
 models.sampler); only the baselines' trainers live in benchmarks/baselines.py. Each part writes its own file
 under `results/parts/`, so parts can run in separate processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,12 @@ from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
 from lethe.models.judge import Judge  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
-from lethe.tasks.steps.distill import distill  # noqa: E402
-from lethe.tasks.steps.evaluate import kid_score  # noqa: E402
-from lethe.tasks.stores.prepared_splits import load_split  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import Settings, SettingsError, load_settings  # noqa: E402
+from lethe.tasks.steps.distill import distill  # noqa: E402
+from lethe.tasks.steps.evaluate import kid_score  # noqa: E402
 from lethe.tasks.steps.train_adapter import build_targets, train_adapter  # noqa: E402
+from lethe.tasks.stores.prepared_splits import load_split  # noqa: E402
 
 DEFAULT_SEQUENCE = "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker"
 # the 10-request run: the default sequence, then five more requests in the same two domains
@@ -78,15 +79,16 @@ class Evaluation:
 
     def predictions(self, generator: Generator, adapters, concepts: list[str], n: int):
         sampling = self.settings.sampling
-        images, labels = sample(generator, concepts, n, self.seed, sampling.steps, adapters, sampling.guidance,
-                                sampling.batch_size)
+        images, labels = sample(
+            generator, concepts, n, self.seed, sampling.steps, adapters, sampling.guidance, sampling.batch_size
+        )
         return images, labels, self.judge.classify(images)
 
     @torch.no_grad()
     def own_probability(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The judge's probability of each sample's own concept: a graded forget score that still moves
         when accuracy sits at 0 (used to read the intensity sweep at its floor)."""
-        probs = torch.cat([self.judge(images[i:i + 1024]).softmax(1) for i in range(0, len(images), 1024)])
+        probs = torch.cat([self.judge(images[i : i + 1024]).softmax(1) for i in range(0, len(images), 1024)])
         return probs[torch.arange(len(labels)), labels]
 
     def measure(self, generator: Generator, adapters, forgotten: list[str], watch: list[str]) -> dict:
@@ -106,18 +108,25 @@ class Evaluation:
             out["acc"][c] = float((mine == i).float().mean())
             out["prob"][c] = float(own[labels == i].mean())
             out["hits"][c], out["n"][c] = int((mine == i).sum()), len(mine)
-            out["first"][c] = mine[:self.retain_n]  # the base comparison uses the common prefix
+            out["first"][c] = mine[: self.retain_n]  # the base comparison uses the common prefix
         out["images"], out["labels"] = images, labels
         out["kid"] = self.kid(out, [c for c in concepts if c not in forgotten], concepts)
         return out
 
     def kid(self, result: dict, retained: list[str], concepts: list[str]) -> float:
         """KID of the first `retain_n` samples of every retained concept (a balanced set, like the real one)."""
-        keep = torch.cat([torch.nonzero(result["labels"] == concepts.index(c)).flatten()[:self.retain_n]
-                          for c in retained])
+        keep = torch.cat(
+            [torch.nonzero(result["labels"] == concepts.index(c)).flatten()[: self.retain_n] for c in retained]
+        )
         real_keep = torch.isin(self.real[1], torch.tensor([concepts.index(c) for c in retained]))
-        return kid_score(self.judge, self.real[0][real_keep], result["images"][keep],
-                         self.settings.eval.kid_subset, self.settings.eval.kid_subsets, "cpu")
+        return kid_score(
+            self.judge,
+            self.real[0][real_keep],
+            result["images"][keep],
+            self.settings.eval.kid_subset,
+            self.settings.eval.kid_subsets,
+            "cpu",
+        )
 
     def row(self, generator: Generator, adapters, forgotten: list[str], domain_of: str | None) -> dict:
         """The metric columns of one benchmark row (the base must have been measured first)."""
@@ -166,8 +175,16 @@ def sampling_seconds(generator: Generator, adapters, steps: int, n: int = 64, re
 class Bench:
     """What every part shares: the base, the judge, the real test split and the base's evaluation."""
 
-    def __init__(self, settings: Settings, sequence: list[tuple[str, str | None]], forget_n: int, retain_n: int,
-                 eval_seed: int, parts: Path = RESULTS / "parts", measure_base: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        sequence: list[tuple[str, str | None]],
+        forget_n: int,
+        retain_n: int,
+        eval_seed: int,
+        parts: Path = RESULTS / "parts",
+        measure_base: bool = True,
+    ):
         self.settings, self.sequence, self.parts = settings, sequence, parts
         self.base = Generator.from_folder(settings.paths.base)
         self.judge = Judge.load(settings.paths.judge)
@@ -180,28 +197,76 @@ class Bench:
 
     def base_row(self, method: str, seed: int) -> dict:
         acc = self.eval.base["acc"]
-        return {"method": method, "seed": seed, "step": 0, "concept": None, "anchor": None, "forget_acc": None,
-                "forget_acc_each": {c: round(acc[c], 4) for c, _ in self.sequence}, "retain_acc_in": 1.0,
-                "retain_acc_cross": 1.0, "retain_acc": 1.0, "unchanged": 1.0, "kid": round(self.eval.base["kid"], 3),
-                "kid_ratio": 1.0, "trainable_params": 0, "base_params": self.base_params, "step_seconds": 0.0,
-                "train_seconds": 0.0, "sample_seconds": self.base_sample_seconds, "peak_rss_mb": round(peak_rss_mb(), 1),
-                "accuracy": {c: round(a, 4) for c, a in acc.items()}}
+        return {
+            "method": method,
+            "seed": seed,
+            "step": 0,
+            "concept": None,
+            "anchor": None,
+            "forget_acc": None,
+            "forget_acc_each": {c: round(acc[c], 4) for c, _ in self.sequence},
+            "retain_acc_in": 1.0,
+            "retain_acc_cross": 1.0,
+            "retain_acc": 1.0,
+            "unchanged": 1.0,
+            "kid": round(self.eval.base["kid"], 3),
+            "kid_ratio": 1.0,
+            "trainable_params": 0,
+            "base_params": self.base_params,
+            "step_seconds": 0.0,
+            "train_seconds": 0.0,
+            "sample_seconds": self.base_sample_seconds,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "accuracy": {c: round(a, 4) for c, a in acc.items()},
+        }
 
-    def train_step(self, method: str, generator: Generator, stack: AdapterStack, concept: str, anchor: str | None,
-                   forgotten: list[str], settings: Settings, name: str):
+    def train_step(
+        self,
+        method: str,
+        generator: Generator,
+        stack: AdapterStack,
+        concept: str,
+        anchor: str | None,
+        forgotten: list[str],
+        settings: Settings,
+        name: str,
+    ):
         """One request for one method: replay from the current model, then train. Returns the new
         (generator, stack), trainable parameters, training seconds, the anchor and extra row fields."""
-        replay = distill(generator, stack, self.judge, concept, anchor, forgotten, settings.distill,
-                         settings.sampling)
+        replay = distill(generator, stack, self.judge, concept, anchor, forgotten, settings.distill, settings.sampling)
         anchor = replay.anchor
         if method == "lethe":
-            result = train_adapter(generator, stack, replay.forget_images, replay.retain_images,
-                                   replay.retain_labels, concept, anchor, settings.adapter, settings.train, name)
-            return generator, result.stack, result.trainable_params, result.seconds, anchor, {
-                "targets": result.targets, "saliency": result.saliency, "history": result.history[-1:]}
+            result = train_adapter(
+                generator,
+                stack,
+                replay.forget_images,
+                replay.retain_images,
+                replay.retain_labels,
+                concept,
+                anchor,
+                settings.adapter,
+                settings.train,
+                name,
+            )
+            return (
+                generator,
+                result.stack,
+                result.trainable_params,
+                result.seconds,
+                anchor,
+                {"targets": result.targets, "saliency": result.saliency, "history": result.history[-1:]},
+            )
         start = time.time()
-        pool = build_targets(generator, stack, replay.forget_images, replay.retain_images, replay.retain_labels,
-                             concept, anchor, settings.train)
+        pool = build_targets(
+            generator,
+            stack,
+            replay.forget_images,
+            replay.retain_images,
+            replay.retain_labels,
+            concept,
+            anchor,
+            settings.train,
+        )
         extra = {}
         if method == "dfr-ft":
             generator, trainable, _ = train_full_finetune(generator, pool, settings)
@@ -224,18 +289,32 @@ class Bench:
         for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
             generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
-                method, generator, stack, concept, anchor, forgotten, settings, name=f"step-{step}")
+                method, generator, stack, concept, anchor, forgotten, settings, name=f"step-{step}"
+            )
             forgotten = forgotten + [concept]
-            row = {"method": name, "seed": seed, "step": step, "concept": concept, "anchor": anchor,
-                   **self.eval.row(generator, stack, forgotten, concept)}
-            row.update(trainable_params=trainable, base_params=self.base_params,
-                       step_seconds=round(time.time() - started, 1), train_seconds=train_seconds,
-                       sample_seconds=sampling_seconds(generator, stack, settings.sampling.steps),
-                       peak_rss_mb=round(peak_rss_mb(), 1), **extra)
+            row = {
+                "method": name,
+                "seed": seed,
+                "step": step,
+                "concept": concept,
+                "anchor": anchor,
+                **self.eval.row(generator, stack, forgotten, concept),
+            }
+            row.update(
+                trainable_params=trainable,
+                base_params=self.base_params,
+                step_seconds=round(time.time() - started, 1),
+                train_seconds=train_seconds,
+                sample_seconds=sampling_seconds(generator, stack, settings.sampling.steps),
+                peak_rss_mb=round(peak_rss_mb(), 1),
+                **extra,
+            )
             rows.append(row)
-            log(f"{name} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
+            log(
+                f"{name} seed {seed} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} "
                 f"retain in {row['retain_acc_in']} cross {row['retain_acc_cross']} unchanged {row['unchanged']:.3f} "
-                f"kid x{row['kid_ratio']:.2f} train {train_seconds:.0f}s step {row['step_seconds']:.0f}s")
+                f"kid x{row['kid_ratio']:.2f} train {train_seconds:.0f}s step {row['step_seconds']:.0f}s"
+            )
             if save:
                 save(rows)
         return rows
@@ -246,15 +325,26 @@ class Bench:
         steps = steps or s.baselines.retrain.steps
         forgotten = [c for c, _ in self.sequence]
         started = time.time()
-        generator, metrics = retrain_without(images, labels, self.base.labels(forgotten), s.base, s.data.image_size,
-                                             steps)
-        row = {"method": "retrain", "seed": s.base.seed, "step": len(self.sequence),
-               "concept": forgotten[-1], "anchor": None, "retrain_steps": steps or s.base.steps,
-               **self.eval.row(generator, None, forgotten, forgotten[-1])}
-        row.update(trainable_params=self.base_params, base_params=self.base_params,
-                   step_seconds=round(time.time() - started, 1), train_seconds=metrics["train_seconds"],
-                   sample_seconds=sampling_seconds(generator, None, s.sampling.steps),
-                   peak_rss_mb=round(peak_rss_mb(), 1))
+        generator, metrics = retrain_without(
+            images, labels, self.base.labels(forgotten), s.base, s.data.image_size, steps
+        )
+        row = {
+            "method": "retrain",
+            "seed": s.base.seed,
+            "step": len(self.sequence),
+            "concept": forgotten[-1],
+            "anchor": None,
+            "retrain_steps": steps or s.base.steps,
+            **self.eval.row(generator, None, forgotten, forgotten[-1]),
+        }
+        row.update(
+            trainable_params=self.base_params,
+            base_params=self.base_params,
+            step_seconds=round(time.time() - started, 1),
+            train_seconds=metrics["train_seconds"],
+            sample_seconds=sampling_seconds(generator, None, s.sampling.steps),
+            peak_rss_mb=round(peak_rss_mb(), 1),
+        )
         log(f"retrain ({row['retrain_steps']} steps): forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
         return [self.base_row("retrain", row["seed"]), row]
 
@@ -267,30 +357,53 @@ class Bench:
                 continue
             images, labels, predicted = self.eval.predictions(self.base, None, [anchor], self.eval.forget_n)
             hits = int((predicted == self.base.concepts.index(concept)).sum())
-            rows.append({"concept": concept, "anchor": anchor, "floor": round(hits / len(predicted), 4),
-                         "floor_ci": wilson(hits, len(predicted)), "n": len(predicted),
-                         "anchor_acc": round(float((predicted == labels).float().mean()), 4)})
+            rows.append(
+                {
+                    "concept": concept,
+                    "anchor": anchor,
+                    "floor": round(hits / len(predicted), 4),
+                    "floor_ci": wilson(hits, len(predicted)),
+                    "n": len(predicted),
+                    "anchor_acc": round(float((predicted == labels).float().mean()), 4),
+                }
+            )
             log(f"floor {concept} -> {anchor}: {rows[-1]['floor']:.3f} ({hits}/{len(predicted)})")
         return rows
 
     def first_request(self, settings: Settings):
         concept, anchor = self.sequence[0]
-        replay = distill(self.base, AdapterStack(), self.judge, concept, anchor, [], settings.distill,
-                         settings.sampling)
+        replay = distill(
+            self.base, AdapterStack(), self.judge, concept, anchor, [], settings.distill, settings.sampling
+        )
         return concept, replay
 
     def run_sweep(self, horizons=SWEEP, log=print) -> list[dict]:
         """Train the first request once, then evaluate it at several ODE horizons (intensity x T)."""
         s = self.settings
         concept, replay = self.first_request(s)
-        result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
-                               replay.retain_labels, concept, replay.anchor, s.adapter, s.train, "sweep")
+        result = train_adapter(
+            self.base,
+            AdapterStack(),
+            replay.forget_images,
+            replay.retain_images,
+            replay.retain_labels,
+            concept,
+            replay.anchor,
+            s.adapter,
+            s.train,
+            "sweep",
+        )
         rows = []
         for intensity in horizons:
             result.stack.set_intensity(result.name, intensity)
-            row = {"intensity": intensity, "horizon": intensity * s.adapter.horizon,
-                   "concept": concept, "anchor": replay.anchor, "targets": result.targets,
-                   **self.eval.row(self.base, result.stack, [concept], concept)}
+            row = {
+                "intensity": intensity,
+                "horizon": intensity * s.adapter.horizon,
+                "concept": concept,
+                "anchor": replay.anchor,
+                "targets": result.targets,
+                **self.eval.row(self.base, result.stack, [concept], concept),
+            }
             rows.append(row)
             log(f"sweep horizon {row['horizon']}: forget {row['forget_acc']:.3f} retain {row['retain_acc']}")
         return rows
@@ -301,35 +414,64 @@ class Bench:
         rows = []
         for name, (description, changes) in variants.items():
             s = self.settings.override(changes)
-            result = train_adapter(self.base, AdapterStack(), replay.forget_images, replay.retain_images,
-                                   replay.retain_labels, concept, replay.anchor, s.adapter, s.train, name)
-            row = {"variant": name, "description": description, "concept": concept, "anchor": replay.anchor,
-                   "targets": result.targets, "trainable_params": result.trainable_params,
-                   "train_seconds": result.seconds, "history": result.history[-1:],
-                   **self.eval.row(self.base, result.stack, [concept], concept)}
+            result = train_adapter(
+                self.base,
+                AdapterStack(),
+                replay.forget_images,
+                replay.retain_images,
+                replay.retain_labels,
+                concept,
+                replay.anchor,
+                s.adapter,
+                s.train,
+                name,
+            )
+            row = {
+                "variant": name,
+                "description": description,
+                "concept": concept,
+                "anchor": replay.anchor,
+                "targets": result.targets,
+                "trainable_params": result.trainable_params,
+                "train_seconds": result.seconds,
+                "history": result.history[-1:],
+                **self.eval.row(self.base, result.stack, [concept], concept),
+            }
             rows.append(row)
-            log(f"ablation {name}: forget {row['forget_acc']:.3f} retain {row['retain_acc']} "
-                f"unchanged {row['unchanged']} kid x{row['kid_ratio']} {result.seconds:.0f}s {result.targets}")
+            log(
+                f"ablation {name}: forget {row['forget_acc']:.3f} retain {row['retain_acc']} "
+                f"unchanged {row['unchanged']} kid x{row['kid_ratio']} {result.seconds:.0f}s {result.targets}"
+            )
         return rows
 
 
 ABLATIONS = {  # name: (what it changes, settings overrides)
     "default": ("params.yaml as shipped", {}),
     "no-smooth": ("without the smoothness term", {"train.weights.smooth": 0.0}),
-    "no-start": ("without the retained-trajectory-start term (retained rows held at the end state only)",
-                 {"train.weights.start": 0.0}),
+    "no-start": (
+        "without the retained-trajectory-start term (retained rows held at the end state only)",
+        {"train.weights.start": 0.0},
+    ),
     "no-trajectory": ("without either trajectory term", {"train.weights.smooth": 0.0, "train.weights.start": 0.0}),
-    "retain-eps": ("retained rows distilled on the noise prediction (whole decoder) instead of the features",
-                   {"train.retain_space": "eps"}),
+    "retain-eps": (
+        "retained rows distilled on the noise prediction (whole decoder) instead of the features",
+        {"train.retain_space": "eps"},
+    ),
     "drift": ("plus the L2 drift term on the adapter weights (1e-3)", {"train.weights.drift": 1e-3}),
-    "sampling-grid": ("deployed on the training grid (4 euler steps) instead of 1 step",
-                      {"adapter.sampling_steps": None}),
+    "sampling-grid": (
+        "deployed on the training grid (4 euler steps) instead of 1 step",
+        {"adapter.sampling_steps": None},
+    ),
     "fixed-mid": ("fixed placement: mid_block only", {"adapter.placement": "fixed", "adapter.targets": ["mid_block"]}),
-    "fixed-mid-up0": ("fixed placement: mid_block + up_blocks.0",
-                      {"adapter.placement": "fixed", "adapter.targets": ["mid_block", "up_blocks.0"]}),
+    "fixed-mid-up0": (
+        "fixed placement: mid_block + up_blocks.0",
+        {"adapter.placement": "fixed", "adapter.targets": ["mid_block", "up_blocks.0"]},
+    ),
     "saliency-k1": ("saliency placement, k = 1", {"adapter.placement": "saliency", "adapter.k": 1}),
-    "saliency-wide": ("saliency over every decoder block, 16x16 ones included",
-                      {"adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]}),
+    "saliency-wide": (
+        "saliency over every decoder block, 16x16 ones included",
+        {"adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]},
+    ),
     "rk4": ("rk4 solver, step 0.25 (16 field evaluations)", {"adapter.solver": "rk4", "adapter.step_size": 0.25}),
 }
 
@@ -349,11 +491,13 @@ def requests_of(rows: list[dict]) -> list[tuple[str, str | None]]:
 def starts_with(done: list[tuple[str, str | None]], sequence: list[tuple[str, str | None]]) -> bool:
     """True when the requests a run did begin with `sequence` (an anchor of None matches any anchor)."""
     return len(done) >= len(sequence) and all(
-        c == dc and (a is None or a == da) for (c, a), (dc, da) in zip(sequence, done))
+        c == dc and (a is None or a == da) for (c, a), (dc, da) in zip(sequence, done)
+    )
 
 
-def merge(parts: Path, out: Path, sequence: list[tuple[str, str | None]], tag: str,
-          methods=METHODS + ("retrain",)) -> list[dict]:
+def merge(
+    parts: Path, out: Path, sequence: list[tuple[str, str | None]], tag: str, methods=METHODS + ("retrain",)
+) -> list[dict]:
     """One results file for `sequence`: every part run on it (`tag`), plus the first len(sequence) steps of
     method runs on a longer sequence that begins with it (a step never depends on later requests); a run on
     this very sequence wins over a longer one for the same method and seed. Ordered by `methods`, then seed."""
@@ -394,29 +538,41 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def machine() -> str:
-    import platform
     import os
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    import platform
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="?", default="all",
-                        choices=["all", "methods", "retrain", "sweep", "ablation", "floors", "merge"])
+    parser.add_argument(
+        "part", nargs="?", default="all", choices=["all", "methods", "retrain", "sweep", "ablation", "floors", "merge"]
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    parser.add_argument("--sequence", default="five",
-                        help="concept:anchor pairs, comma-separated ('concept:' picks the anchor automatically), "
-                             f"or a name: {', '.join(SEQUENCES)}")
+    parser.add_argument(
+        "--sequence",
+        default="five",
+        help="concept:anchor pairs, comma-separated ('concept:' picks the anchor automatically), "
+        f"or a name: {', '.join(SEQUENCES)}",
+    )
     parser.add_argument("--forget-samples", type=int, default=256, help="samples per forgotten concept")
     parser.add_argument("--retain-samples", type=int, default=32, help="samples per retained concept")
     parser.add_argument("--eval-seed", type=int, default=777)
     parser.add_argument("--retrain-steps", type=int, help="default: baselines.retrain.steps (null = base.steps)")
     parser.add_argument("--variants", default=",".join(ABLATIONS))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: the project's)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one parameter (YAML value), e.g. adapter.intensity=2; repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one parameter (YAML value), e.g. adapter.intensity=2; repeatable",
+    )
     parser.add_argument("--name", help="label of the rows and part file of a single method run with --set")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -436,10 +592,20 @@ def main(argv=None) -> int:
     if args.part == "merge":
         print(f"merged {len(merge(parts, results / results_name(args.sequence), sequence, tag))} rows")
         return 0
-    bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, parts,
-                  measure_base=args.part != "floors")
-    info = {"machine": machine(), "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
-            "sequence": args.sequence}
+    bench = Bench(
+        settings,
+        sequence,
+        args.forget_samples,
+        args.retain_samples,
+        args.eval_seed,
+        parts,
+        measure_base=args.part != "floors",
+    )
+    info = {
+        "machine": machine(),
+        "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
+        "sequence": args.sequence,
+    }
     print(info["machine"], flush=True)
     if args.part in ("all", "methods"):
         for method in args.methods.split(","):

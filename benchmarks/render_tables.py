@@ -3,10 +3,11 @@
     python benchmarks/report.py [--results DIR] [--markdown OUT.md]
 
 Reads (each optional, a missing file skips its section) DIR/continual.json, DIR/continual-10.json,
-DIR/sweep.json and DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md (or writes it to
-OUT.md). Kept separate from the benchmarks themselves so tables and figures can be regenerated without
+DIR/sweep.json and DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md
+(or writes it to OUT.md). Kept separate from the benchmarks themselves so tables and figures can be regenerated without
 re-running any training. Missing or null values are shown as "–" rather than failing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ from functools import partial
 from pathlib import Path
 
 from matplotlib.figure import Figure  # figures without pyplot: no backend to choose, headless anywhere
-
 
 
 def _subplots(*grid, figsize):
@@ -154,8 +154,7 @@ def image_link(path: Path, alt: str) -> str:
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def plot_metric(ax, groups: dict[str, dict[int, list[dict]]], key: str, title: str, ylabel: str,
-                scale: float) -> None:
+def plot_metric(ax, groups: dict[str, dict[int, list[dict]]], key: str, title: str, ylabel: str, scale: float) -> None:
     """One line per method over steps; min/max error bars where several seeds ran."""
     for index, (method, steps) in enumerate(groups.items()):
         color = f"C{index % 10}"  # fixed per method, so colours match across every figure
@@ -218,14 +217,19 @@ def plot_sweep(rows: list[dict], plots: Path) -> Path:
     rows = sorted(rows, key=lambda r: (r.get("horizon") is None, r.get("horizon") or 0))
     fig, ax = _subplots(figsize=(6, 4))
     for key, label in (("forget_acc", "forget accuracy"), ("retain_acc", "retained accuracy (% of base)")):
-        points = [(r["horizon"], 100 * r[key]) for r in rows
-                  if r.get("horizon") is not None and r.get(key) is not None]
+        points = [(r["horizon"], 100 * r[key]) for r in rows if r.get("horizon") is not None and r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), marker="o", label=label)
     for r in rows:
         if r.get("horizon") is not None and r.get("intensity") is not None and r.get("forget_acc") is not None:
-            ax.annotate(f"×{r['intensity']:g}", (r["horizon"], 100 * r["forget_acc"]),
-                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            ax.annotate(
+                f"×{r['intensity']:g}",
+                (r["horizon"], 100 * r["forget_acc"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
     ax.margins(y=0.12)  # room for the intensity labels
     ax.set_title("Intensity sweep", fontsize=10)
     ax.set_xlabel("horizon")
@@ -254,8 +258,10 @@ def plot_ablation(rows: list[dict], plots: Path) -> Path:
     fig, ax = _subplots(figsize=(7, 1.5 + 0.5 * len(rows)))
     height = 0.38
     ys = range(len(rows))
-    for offset, key, label in ((-height / 2, "forget_acc", "forget accuracy"),
-                               (height / 2, "retain_acc", "retained accuracy (% of base)")):
+    for offset, key, label in (
+        (-height / 2, "forget_acc", "forget accuracy"),
+        (height / 2, "retain_acc", "retained accuracy (% of base)"),
+    ):
         values = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]  # no bar for null
         ax.barh([y + offset for y in ys], values, height=height, label=label)
     ax.set_yticks(list(ys))
@@ -276,8 +282,9 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
     results_dir = Path(results_dir)
     plots = results_dir / "plots"
     written = []
-    continual, ten, sweep, ablation = (load(results_dir, n) for n in
-                                       ("continual.json", "continual-10.json", "sweep.json", "ablation.json"))
+    continual, ten, sweep, ablation = (
+        load(results_dir, n) for n in ("continual.json", "continual-10.json", "sweep.json", "ablation.json")
+    )
     if continual or ten or sweep or ablation:
         plots.mkdir(parents=True, exist_ok=True)
     if continual:
@@ -294,22 +301,43 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
 # ----------------------------------------------------------------------------------------------- markdown
 
 
-def continual_markdown(rows: list[dict], plots: Path, title: str = "Per-step results",
-                       prefix: str = "continual") -> str:
+def continual_markdown(
+    rows: list[dict], plots: Path, title: str = "Per-step results", prefix: str = "continual"
+) -> str:
     """Per-method step tables, then the last step of every method side by side."""
     groups = by_method_step(rows)
     out = [f"## {title}", ""]
-    header = ["step", "concept → anchor", "forget acc", "retain in-domain", "retain cross-domain", "unchanged",
-              "KID", "trainable params", "step s", "sampling s", "peak RSS MB"]
+    header = [
+        "step",
+        "concept → anchor",
+        "forget acc",
+        "retain in-domain",
+        "retain cross-domain",
+        "unchanged",
+        "KID",
+        "trainable params",
+        "step s",
+        "sampling s",
+        "peak RSS MB",
+    ]
     for method, steps in groups.items():
         seeded = len({r.get("seed") for rs in steps.values() for r in rs}) > 1
         body = []
         for step, step_rows in steps.items():
             for row in sorted(step_rows, key=lambda r: (r.get("seed") is None, r.get("seed") or 0)):
-                cells = [str(step), request_cell(row), forget_cell(row), pct(row.get("retain_acc_in")),
-                         pct(row.get("retain_acc_cross")), pct(row.get("unchanged")), kid_cell(row),
-                         params_cell(row), num(row.get("step_seconds"), ".1f"),
-                         num(row.get("sample_seconds"), ".2f"), num(row.get("peak_rss_mb"), ".0f")]
+                cells = [
+                    str(step),
+                    request_cell(row),
+                    forget_cell(row),
+                    pct(row.get("retain_acc_in")),
+                    pct(row.get("retain_acc_cross")),
+                    pct(row.get("unchanged")),
+                    kid_cell(row),
+                    params_cell(row),
+                    num(row.get("step_seconds"), ".1f"),
+                    num(row.get("sample_seconds"), ".2f"),
+                    num(row.get("peak_rss_mb"), ".0f"),
+                ]
                 if seeded:
                     cells.insert(1, DASH if row.get("seed") is None else str(row["seed"]))
                 body.append(cells)
@@ -317,8 +345,13 @@ def continual_markdown(rows: list[dict], plots: Path, title: str = "Per-step res
         out += [f"### {method}", "", table(method_header, body), ""]
     for key, metric, _, _ in CONTINUAL_METRICS:
         out.append(image_link(plots / f"{prefix}_{key}.png", metric))
-    out += ["", f"## {title}: final step, all methods", "",
-            "Last step of each method; mean ± half-range over training seeds where several ran.", ""]
+    out += [
+        "",
+        f"## {title}: final step, all methods",
+        "",
+        "Last step of each method; mean ± half-range over training seeds where several ran.",
+        "",
+    ]
     body = []
     for method, steps in groups.items():
         last = max(steps)
@@ -333,55 +366,142 @@ def continual_markdown(rows: list[dict], plots: Path, title: str = "Per-step res
         total_rows = [{"total": t} for t in totals.values()]
         forget = forget_cell(final[0]) if seeds == 1 else agg(final, "forget_acc", percent=True)
         kid = kid_cell(final[0]) if seeds == 1 else f"{agg(final, 'kid', fmt='.4f')} (×{agg(final, 'kid_ratio')})"
-        body.append([method, str(last), str(seeds), forget, agg(final, "retain_acc_in", percent=True),
-                     agg(final, "retain_acc_cross", percent=True), agg(final, "unchanged", percent=True), kid,
-                     params_cell(final[0]), agg(final, "step_seconds", fmt=".1f"),
-                     agg(total_rows, "total", fmt=".1f"), agg(final, "sample_seconds"),
-                     agg(final, "peak_rss_mb", fmt=".0f")])
-    out += [table(["method", "step", "seeds", "forget acc", "retain in-domain", "retain cross-domain",
-                   "unchanged", "KID", "trainable params", "step s", "total s (all steps)", "sampling s",
-                   "peak RSS MB"], body), "", image_link(plots / f"{prefix}.png", title), ""]
+        body.append(
+            [
+                method,
+                str(last),
+                str(seeds),
+                forget,
+                agg(final, "retain_acc_in", percent=True),
+                agg(final, "retain_acc_cross", percent=True),
+                agg(final, "unchanged", percent=True),
+                kid,
+                params_cell(final[0]),
+                agg(final, "step_seconds", fmt=".1f"),
+                agg(total_rows, "total", fmt=".1f"),
+                agg(final, "sample_seconds"),
+                agg(final, "peak_rss_mb", fmt=".0f"),
+            ]
+        )
+    out += [
+        table(
+            [
+                "method",
+                "step",
+                "seeds",
+                "forget acc",
+                "retain in-domain",
+                "retain cross-domain",
+                "unchanged",
+                "KID",
+                "trainable params",
+                "step s",
+                "total s (all steps)",
+                "sampling s",
+                "peak RSS MB",
+            ],
+            body,
+        ),
+        "",
+        image_link(plots / f"{prefix}.png", title),
+        "",
+    ]
     return "\n".join(out)
 
 
 def sweep_markdown(rows: list[dict], plots: Path) -> str:
     rows = sorted(rows, key=lambda r: (r.get("intensity") is None, r.get("intensity") or 0))
-    body = [[num(r.get("intensity"), "g"), num(r.get("horizon"), "g"), forget_cell(r), num(r.get("forget_prob"), ".4f"),
-             pct(r.get("retain_acc")), pct(r.get("unchanged")), num(r.get("kid"), ".4f")] for r in rows]
-    return "\n".join(["## Intensity sweep", "",
-                      table(["intensity", "horizon", "forget acc [95% CI]", "judge's mean p(concept)",
-                             "retain (% of base)", "unchanged", "KID"], body),
-                      "", image_link(plots / "sweep.png", "Intensity sweep"), ""])
+    body = [
+        [
+            num(r.get("intensity"), "g"),
+            num(r.get("horizon"), "g"),
+            forget_cell(r),
+            num(r.get("forget_prob"), ".4f"),
+            pct(r.get("retain_acc")),
+            pct(r.get("unchanged")),
+            num(r.get("kid"), ".4f"),
+        ]
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            "## Intensity sweep",
+            "",
+            table(
+                [
+                    "intensity",
+                    "horizon",
+                    "forget acc [95% CI]",
+                    "judge's mean p(concept)",
+                    "retain (% of base)",
+                    "unchanged",
+                    "KID",
+                ],
+                body,
+            ),
+            "",
+            image_link(plots / "sweep.png", "Intensity sweep"),
+            "",
+        ]
+    )
 
 
 def floors_markdown(rows: list[dict], plots: Path) -> str:
-    body = [[f"{r['concept']} → {r['anchor']}",
-             forget_cell({"forget_acc": r.get("floor"), "forget_ci": r.get("floor_ci")}),
-             pct(r.get("anchor_acc")), str(r.get("n", DASH))] for r in rows]
-    return "\n".join(["## Forget floors", "",
-                      "Share of the base's samples *of the anchor* that the judge calls the forgotten concept: the "
-                      "forget accuracy of a model that renders the concept exactly as its anchor.", "",
-                      table(["request", "floor [95% CI]", "judge accuracy on the anchor", "samples"], body), ""])
+    body = [
+        [
+            f"{r['concept']} → {r['anchor']}",
+            forget_cell({"forget_acc": r.get("floor"), "forget_ci": r.get("floor_ci")}),
+            pct(r.get("anchor_acc")),
+            str(r.get("n", DASH)),
+        ]
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            "## Forget floors",
+            "",
+            "Share of the base's samples *of the anchor* that the judge calls the forgotten concept: the "
+            "forget accuracy of a model that renders the concept exactly as its anchor.",
+            "",
+            table(["request", "floor [95% CI]", "judge accuracy on the anchor", "samples"], body),
+            "",
+        ]
+    )
 
 
 def ablation_markdown(rows: list[dict], plots: Path) -> str:
     with_step = any(r.get("step") is not None or r.get("concept") is not None for r in rows)
-    header = ["variant", "description", "targets", "forget acc", "retain (% of base)", "unchanged", "KID",
-              "trainable params", "train s"]
+    header = [
+        "variant",
+        "description",
+        "targets",
+        "forget acc",
+        "retain (% of base)",
+        "unchanged",
+        "KID",
+        "trainable params",
+        "train s",
+    ]
     if with_step:
         header[1:1] = ["step", "concept"]
     body = []
     for r in rows:
         targets = r.get("targets")
-        cells = [str(r.get("variant", DASH)), str(r.get("description") or DASH),
-                 ", ".join(targets) if targets else DASH, pct(r.get("forget_acc")), pct(r.get("retain_acc")),
-                 pct(r.get("unchanged")), num(r.get("kid"), ".4f"), params_cell(r),
-                 num(r.get("train_seconds"), ".1f")]
+        cells = [
+            str(r.get("variant", DASH)),
+            str(r.get("description") or DASH),
+            ", ".join(targets) if targets else DASH,
+            pct(r.get("forget_acc")),
+            pct(r.get("retain_acc")),
+            pct(r.get("unchanged")),
+            num(r.get("kid"), ".4f"),
+            params_cell(r),
+            num(r.get("train_seconds"), ".1f"),
+        ]
         if with_step:
             cells[1:1] = [DASH if r.get("step") is None else str(r["step"]), str(r.get("concept") or DASH)]
         body.append(cells)
-    return "\n".join(["## Ablations", "", table(header, body), "", image_link(plots / "ablation.png", "Ablations"),
-                      ""])
+    return "\n".join(["## Ablations", "", table(header, body), "", image_link(plots / "ablation.png", "Ablations"), ""])
 
 
 def markdown(results_dir: Path = RESULTS) -> str:
@@ -390,9 +510,14 @@ def markdown(results_dir: Path = RESULTS) -> str:
     plots = results_dir / "plots"
     sections = []
     ten = partial(continual_markdown, title="10-request sequence", prefix="continual10")
-    for name, render in (("continual.json", continual_markdown), ("continual-10.json", ten),
-                         ("floors-10.json", floors_markdown), ("floors.json", floors_markdown),
-                         ("sweep.json", sweep_markdown), ("ablation.json", ablation_markdown)):
+    for name, render in (
+        ("continual.json", continual_markdown),
+        ("continual-10.json", ten),
+        ("floors-10.json", floors_markdown),
+        ("floors.json", floors_markdown),
+        ("sweep.json", sweep_markdown),
+        ("ablation.json", ablation_markdown),
+    ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):
             continue  # the ten-request floors include the five-request ones
         rows = load(results_dir, name)

@@ -10,6 +10,7 @@
 3. Sampling time with 5 requests' adapters stacked against the base alone (the adapters' weights do not
    change the cost, so random ones stand in for trained ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,15 @@ from lethe.models.generator import Generator  # noqa: E402
 from lethe.models.judge import Judge  # noqa: E402
 from lethe.models.ode_adapter import ODEAdapter  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
-from lethe.tasks.steps.distill import distill  # noqa: E402
-from lethe.tasks.steps.evaluate import generate_samples  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
-from lethe.tasks.steps.train_adapter import ode_config  # noqa: E402
-from lethe.tasks.steps.train_adapter import build_targets, train_adapter  # noqa: E402
+from lethe.tasks.steps.distill import distill  # noqa: E402
+from lethe.tasks.steps.evaluate import generate_samples  # noqa: E402
+from lethe.tasks.steps.train_adapter import (  # noqa: E402
+    build_targets,
+    ode_config,  # noqa: E402
+    train_adapter,
+)
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -52,8 +56,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", default="trouser")
     parser.add_argument("--anchor", default="dress")
-    parser.add_argument("--train-steps", type=int, default=200, help="steps timed per method in part 2 "
-                                                                      "(default: the pipeline's train.steps)")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=200,
+        help="steps timed per method in part 2 (default: the pipeline's train.steps)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "timing.json"))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: the project's)")
     args = parser.parse_args(argv)
@@ -66,8 +74,18 @@ def main(argv=None) -> int:
     start = time.time()
     replay = distill(base, AdapterStack(), judge, args.concept, args.anchor, [], s.distill, s.sampling)
     out["request_replay_s"] = round(time.time() - start, 1)
-    result = train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                           args.concept, args.anchor, s.adapter, s.train, "timed")
+    result = train_adapter(
+        base,
+        AdapterStack(),
+        replay.forget_images,
+        replay.retain_images,
+        replay.retain_labels,
+        args.concept,
+        args.anchor,
+        s.adapter,
+        s.train,
+        "timed",
+    )
     out["request_train_s"] = result.seconds
     start = time.time()
     generate_samples(base, result.stack, s.eval, s.sampling)
@@ -80,23 +98,46 @@ def main(argv=None) -> int:
     def lethe_seconds(steps: int) -> float:
         timed = s.train.model_copy(update={"steps": steps})  # unvalidated on purpose: 0 steps = setup only
         start = time.time()
-        train_adapter(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                      args.concept, args.anchor, s.adapter, timed, "timed")
+        train_adapter(
+            base,
+            AdapterStack(),
+            replay.forget_images,
+            replay.retain_images,
+            replay.retain_labels,
+            args.concept,
+            args.anchor,
+            s.adapter,
+            timed,
+            "timed",
+        )
         return time.time() - start
 
     lethe_setup, lethe_total = lethe_seconds(0), lethe_seconds(args.train_steps)  # setup: pool, saliency, cache
     timed = s.override({"train.steps": args.train_steps})
     pool_start = time.time()
-    pool = build_targets(base, AdapterStack(), replay.forget_images, replay.retain_images, replay.retain_labels,
-                         args.concept, args.anchor, timed.train)
+    pool = build_targets(
+        base,
+        AdapterStack(),
+        replay.forget_images,
+        replay.retain_images,
+        replay.retain_labels,
+        args.concept,
+        args.anchor,
+        timed.train,
+    )
     pool_seconds = time.time() - pool_start
     start = time.time()
     train_full_finetune(base, pool, timed)
     full_total = time.time() - start + pool_seconds
-    out.update(train_steps=args.train_steps, lethe_setup_s=round(lethe_setup, 2), dfr_ft_pool_s=round(pool_seconds, 2),
-               lethe_train_s=round(lethe_total, 2), dfr_ft_train_s=round(full_total, 2),
-               lethe_step_s=round((lethe_total - lethe_setup) / args.train_steps, 4),
-               dfr_ft_step_s=round((full_total - pool_seconds) / args.train_steps, 4))
+    out.update(
+        train_steps=args.train_steps,
+        lethe_setup_s=round(lethe_setup, 2),
+        dfr_ft_pool_s=round(pool_seconds, 2),
+        lethe_train_s=round(lethe_total, 2),
+        dfr_ft_train_s=round(full_total, 2),
+        lethe_step_s=round((lethe_total - lethe_setup) / args.train_steps, 4),
+        dfr_ft_step_s=round((full_total - pool_seconds) / args.train_steps, 4),
+    )
     out["train_ratio"] = round(lethe_total / full_total, 3)
     out["train_step_ratio"] = round(out["lethe_step_s"] / out["dfr_ft_step_s"], 3)
     print(json.dumps(out), flush=True)

@@ -55,8 +55,9 @@ def cmd_request_add(args, settings: Settings) -> int:
 
     queue = _queue(settings)
     try:
-        request = queue.add(args.concept, args.anchor, args.note or "", known=known_concepts(settings),
-                            forgotten=queue.forgotten())
+        request = queue.add(
+            args.concept, args.anchor, args.note or "", known=known_concepts(settings), forgotten=queue.forgotten()
+        )
     except RequestRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
@@ -71,8 +72,10 @@ def cmd_request_list(args, settings: Settings) -> int:
         return 0
     print(f"{'id':>4}  {'state':<8} {'concept':<12} {'anchor':<12} {'version':>7}  note / reasons")
     for r in requests:
-        print(f"{r.id:>4}  {r.state:<8} {r.concept:<12} {r.anchor or '(auto)':<12} {r.version or '-':>7}  "
-              f"{r.reasons or r.note}")
+        print(
+            f"{r.id:>4}  {r.state:<8} {r.concept:<12} {r.anchor or '(auto)':<12} {r.version or '-':>7}  "
+            f"{r.reasons or r.note}"
+        )
     return 0
 
 
@@ -93,8 +96,9 @@ def cmd_run(args, settings: Settings) -> int:
     from lethe.tasks.stores.batch_lock import BatchAlreadyRunning
 
     try:
-        reports = process_queue(params_file=str(args.params_file), workspace=str(settings.paths.workspace),
-                                limit=args.limit)
+        reports = process_queue(
+            params_file=str(args.params_file), workspace=str(settings.paths.workspace), limit=args.limit
+        )
     except BatchAlreadyRunning as busy:
         print(f"not started: {busy}", file=sys.stderr)
         return 3
@@ -103,8 +107,10 @@ def cmd_run(args, settings: Settings) -> int:
             print(step_summary_text(report))
         else:
             print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
-    print(f"processed {len(reports)} request(s): "
-          f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed")
+    print(
+        f"processed {len(reports)} request(s): "
+        f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed"
+    )
     return 0
 
 
@@ -119,8 +125,17 @@ def cmd_lineage(args, settings: Settings) -> int:
 def cmd_sample(args, settings: Settings) -> int:
     from lethe.tasks.operations.sample_version import sample_version
 
-    out = sample_version(_registry(settings), args.concept, args.version, args.n, args.seed, args.intensity,
-                         args.out, settings.sampling, settings.report.grid_per_concept)
+    out = sample_version(
+        _registry(settings),
+        args.concept,
+        args.version,
+        args.n,
+        args.seed,
+        args.intensity,
+        args.out,
+        settings.sampling,
+        settings.report.grid_per_concept,
+    )
     print(out)
     return 0
 
@@ -130,9 +145,17 @@ def cmd_rollback(args, settings: Settings) -> int:
 
     steps = args.steps if args.steps is not None else (None if args.to else 1)
     try:
-        result = move_production(_registry(settings), _queue(settings), who=args.by or getpass.getuser(),
-                                 to=args.to, steps=steps, reason=args.reason or "", requeue=args.requeue,
-                                 fingerprint=settings.fingerprint, sampling=settings.sampling)
+        result = move_production(
+            _registry(settings),
+            _queue(settings),
+            who=args.by or getpass.getuser(),
+            to=args.to,
+            steps=steps,
+            reason=args.reason or "",
+            requeue=args.requeue,
+            fingerprint=settings.fingerprint,
+            sampling=settings.sampling,
+        )
     except RollbackRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
@@ -141,18 +164,25 @@ def cmd_rollback(args, settings: Settings) -> int:
         return 0
     print(f"production: version {result['from']} -> version {result['to']} ({result['reason']}, by {result['who']})")
     if result["undone"]:
-        print(f"  undone versions: {', '.join(result['undone'])}; requests rolled back: "
-              f"{', '.join(map(str, result['requests']['rolled_back'])) or '-'}")
+        print(
+            f"  undone versions: {', '.join(result['undone'])}; requests rolled back: "
+            f"{', '.join(map(str, result['requests']['rolled_back'])) or '-'}"
+        )
     if result["redone"]:
-        print(f"  restored versions: {', '.join(result['redone'])}; requests done again: "
-              f"{', '.join(map(str, result['requests']['restored'])) or '-'}")
+        print(
+            f"  restored versions: {', '.join(result['redone'])}; requests done again: "
+            f"{', '.join(map(str, result['requests']['restored'])) or '-'}"
+        )
     if result["requests"]["requeued"]:
         print(f"  re-queued requests: {', '.join(map(str, result['requests']['requeued']))}")
     elif result["requests"]["rolled_back"]:
         print("  re-queue them with `lethe request retry ID` (or roll back with --requeue)")
     if result["verified"] is not None:
-        print("  check: production samples " + ("match" if result["verified"] else "DO NOT match")
-              + f" the fingerprint recorded when version {result['to']} was registered")
+        print(
+            "  check: production samples "
+            + ("match" if result["verified"] else "DO NOT match")
+            + f" the fingerprint recorded when version {result['to']} was registered"
+        )
     return 0 if result["verified"] is not False else 1
 
 
@@ -169,7 +199,9 @@ def cmd_show(args, settings: Settings) -> int:
         print(json.dumps(row, indent=2))
         return 0
     version = registry.version(args.version)
-    print(f"version {row['version']}: {row['status']}{' (' + ', '.join(row['aliases']) + ')' if row['aliases'] else ''}")
+    print(
+        f"version {row['version']}: {row['status']}{' (' + ', '.join(row['aliases']) + ')' if row['aliases'] else ''}"
+    )
     print(f"  {version.description}")
     for key in sorted(row["tags"]):
         print(f"  tag {key} = {row['tags'][key]}")
@@ -180,8 +212,10 @@ def cmd_show(args, settings: Settings) -> int:
         print("  restore its replay sets (DVC, from the workspace's remote):")
         for name in ("forget", "retain"):
             path = ws.absolute(row["tags"][f"{name}_path"])
-            print(f"    cd {ws.dvc_root} && dvc pull {path.relative_to(ws.dvc_root)}    "
-                  f"# md5 {row['tags'][f'{name}_md5']}")
+            print(
+                f"    cd {ws.dvc_root} && dvc pull {path.relative_to(ws.dvc_root)}    "
+                f"# md5 {row['tags'][f'{name}_md5']}"
+            )
     return 0
 
 
@@ -191,8 +225,9 @@ def cmd_schedule(args, settings: Settings) -> int:
     name = settings.schedule.name
     try:
         if not args.show:
-            deployment.deploy_nightly(settings.schedule, args.params_file, settings.paths.workspace,
-                                      cron=args.cron, timezone=args.timezone)
+            deployment.deploy_nightly(
+                settings.schedule, args.params_file, settings.paths.workspace, cron=args.cron, timezone=args.timezone
+            )
         if args.trigger:
             print(f"triggered flow run {deployment.trigger_now(name)}")
         info = deployment.describe_schedule(name)
@@ -202,15 +237,19 @@ def cmd_schedule(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"deployment {deployment.full_name(name)} (id {info['id']}): cron '{info['cron']}' {info['timezone']}, "
-          f"pool {info['pool']}{', PAUSED' if info['paused'] else ''}, at most {info['concurrency_limit']} at a time")
+    print(
+        f"deployment {deployment.full_name(name)} (id {info['id']}): cron '{info['cron']}' {info['timezone']}, "
+        f"pool {info['pool']}{', PAUSED' if info['paused'] else ''}, at most {info['concurrency_limit']} at a time"
+    )
     print(f"  workspace {info['parameters'].get('workspace')}, params {info['parameters'].get('params_file')}")
     print("  next runs: " + (", ".join(r["time"] for r in info["next_runs"]) or "none"))
     if "PREFECT_API_URL" not in args.environ:
-        print("  note: no PREFECT_API_URL is set, so the deployment lives in this workspace's local Prefect database.\n"
-              f"  Runs happen only while a server and a worker are up:\n"
-              f"    PREFECT_HOME={args.environ.get('PREFECT_HOME')} prefect server start &\n"
-              f"    PREFECT_API_URL=http://127.0.0.1:4200/api prefect worker start --pool {settings.schedule.pool}")
+        print(
+            "  note: no PREFECT_API_URL is set, so the deployment lives in this workspace's local Prefect database.\n"
+            f"  Runs happen only while a server and a worker are up:\n"
+            f"    PREFECT_HOME={args.environ.get('PREFECT_HOME')} prefect server start &\n"
+            f"    PREFECT_API_URL=http://127.0.0.1:4200/api prefect worker start --pool {settings.schedule.pool}"
+        )
     return 0
 
 
@@ -230,8 +269,9 @@ def cmd_demo(args, settings: Settings) -> int:
     queue = _queue(settings)
     for item in settings.demo.requests:
         try:
-            request = queue.add(item.concept, item.anchor, "demo request", known=known_concepts(settings),
-                                forgotten=queue.forgotten())
+            request = queue.add(
+                item.concept, item.anchor, "demo request", known=known_concepts(settings), forgotten=queue.forgotten()
+            )
             print(f"queued request {request.id}: forget {request.concept} -> {request.anchor or '(auto)'}")
         except RequestRefused as refused:
             print(f"skipped: {refused}")
@@ -244,13 +284,18 @@ def cmd_demo(args, settings: Settings) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lethe", description="Continual unlearning for diffusion generators.")
     p.add_argument("--workspace", help="state folder (default: paths.workspace of the settings)")
-    p.add_argument("--params", default="params.yaml",
-                   help="settings file (default ./params.yaml); LETHE_<SECTION>__<KEY> variables override it")
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        help="settings file (default ./params.yaml); LETHE_<SECTION>__<KEY> variables override it",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("concepts", help="list concepts and whether they are retained, queued or forgotten") \
-        .set_defaults(func=cmd_concepts)
-    request = sub.add_parser("request", help="add or list deletion requests").add_subparsers(dest="action",
-                                                                                              required=True)
+    sub.add_parser("concepts", help="list concepts and whether they are retained, queued or forgotten").set_defaults(
+        func=cmd_concepts
+    )
+    request = sub.add_parser("request", help="add or list deletion requests").add_subparsers(
+        dest="action", required=True
+    )
     add = request.add_parser("add", help="queue a deletion request; prints its id")
     add.add_argument("concept")
     add.add_argument("--anchor", help="concept to steer to (default: nearest retained concept, chosen at run time)")
@@ -299,8 +344,9 @@ def parser() -> argparse.ArgumentParser:
     smp.add_argument("--intensity", type=float, default=1.0, help="scale every adapter's ODE horizon (0 = base)")
     smp.add_argument("--out", required=True, help="FILE.png for a grid, FILE.npy for the raw float32 samples")
     smp.set_defaults(func=cmd_sample)
-    sub.add_parser("demo", help="queue the demo requests of the settings, run them, print the lineage") \
-        .set_defaults(func=cmd_demo)
+    sub.add_parser("demo", help="queue the demo requests of the settings, run them, print the lineage").set_defaults(
+        func=cmd_demo
+    )
     return p
 
 

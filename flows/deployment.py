@@ -38,13 +38,15 @@ def full_name(name: str) -> str:
 def validate_cron(cron: str, timezone: str = "UTC") -> None:
     """Raise ValueError (with the reason) unless `cron` is a five-field cron expression Prefect accepts and
     `timezone` an IANA time zone name."""
-    from pydantic import ValidationError
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     fields = str(cron).split()
     if len(fields) != 5:
-        raise ValueError(f"invalid cron expression {cron!r}: expected 5 fields (minute hour day-of-month month "
-                         f"day-of-week), e.g. '0 2 * * *' for 02:00 every day; got {len(fields)}")
+        raise ValueError(
+            f"invalid cron expression {cron!r}: expected 5 fields (minute hour day-of-month month "
+            f"day-of-week), e.g. '0 2 * * *' for 02:00 every day; got {len(fields)}"
+        )
     try:
         ZoneInfo(timezone)
     except Exception:
@@ -76,21 +78,32 @@ def ensure_work_pool(name: str):
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
-            create = WorkPoolCreate(name=name, type=ProcessWorker.type,
-                                    base_job_template=ProcessWorker.get_default_base_job_template(),
-                                    description="Lethe: runs the unlearning batch flow as a local process")
+            create = WorkPoolCreate(
+                name=name,
+                type=ProcessWorker.type,
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+                description="Lethe: runs the unlearning batch flow as a local process",
+            )
             try:
                 pool = client.create_work_pool(create)
             except ObjectAlreadyExists:  # created meanwhile by someone else
                 pool = client.read_work_pool(name)
     if pool.type != ProcessWorker.type:
-        raise ValueError(f"work pool {name!r} exists with type {pool.type!r}; the nightly batch needs a "
-                         f"{ProcessWorker.type!r} pool (pick another --pool name)")
+        raise ValueError(
+            f"work pool {name!r} exists with type {pool.type!r}; the nightly batch needs a "
+            f"{ProcessWorker.type!r} pool (pick another --pool name)"
+        )
     return pool
 
 
-def deploy_nightly(schedule: ScheduleSettings, params_file: str | Path, workspace: str | Path,
-                   cron: str | None = None, timezone: str | None = None, paused: bool | None = None) -> UUID:
+def deploy_nightly(
+    schedule: ScheduleSettings,
+    params_file: str | Path,
+    workspace: str | Path,
+    cron: str | None = None,
+    timezone: str | None = None,
+    paused: bool | None = None,
+) -> UUID:
     """Create or update (same name: same deployment, same id) the deployment `lethe-process-queue/<name>` of
     `process_queue` on the process work pool `schedule.pool`, on `cron` in `timezone` (the settings' unless
     given). Returns its id.
@@ -173,9 +186,14 @@ def describe_schedule(name: str, n: int = 5) -> dict[str, Any]:
     paused or its schedule inactive: then nothing runs by itself.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterExpectedStartTime, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL
@@ -191,16 +209,29 @@ def describe_schedule(name: str, n: int = 5) -> dict[str, Any]:
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                    expected_start_time=FlowRunFilterExpectedStartTime(after_=now)),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=max(n, 1) * 4)
+                    expected_start_time=FlowRunFilterExpectedStartTime(after_=now),
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=max(n, 1) * 4,
+            )
     info: dict[str, Any] = {
-        "name": full_name(name), "deployment": deployment.name, "id": str(deployment.id),
-        "cron": None, "timezone": None, "schedule_active": False, "pool": deployment.work_pool_name,
-        "work_queue": deployment.work_queue_name, "parameters": dict(deployment.parameters or {}),
-        "env": dict((deployment.job_variables or {}).get("env") or {}), "paused": bool(deployment.paused),
-        "entrypoint": deployment.entrypoint, "api_url": PREFECT_API_URL.value(), "next_runs": [],
+        "name": full_name(name),
+        "deployment": deployment.name,
+        "id": str(deployment.id),
+        "cron": None,
+        "timezone": None,
+        "schedule_active": False,
+        "pool": deployment.work_pool_name,
+        "work_queue": deployment.work_queue_name,
+        "parameters": dict(deployment.parameters or {}),
+        "env": dict((deployment.job_variables or {}).get("env") or {}),
+        "paused": bool(deployment.paused),
+        "entrypoint": deployment.entrypoint,
+        "api_url": PREFECT_API_URL.value(),
+        "next_runs": [],
         "concurrency_limit": getattr(deployment.global_concurrency_limit, "limit", None),
-        "collision_strategy": str(getattr(deployment.concurrency_options, "collision_strategy", None) or "")}
+        "collision_strategy": str(getattr(deployment.concurrency_options, "collision_strategy", None) or ""),
+    }
     if schedule is None:
         return info
     cron, tz = schedule.schedule.cron, schedule.schedule.timezone or "UTC"
@@ -208,12 +239,16 @@ def describe_schedule(name: str, n: int = 5) -> dict[str, Any]:
     if deployment.paused or not schedule.active:
         return info
     zone = ZoneInfo(tz)
-    next_runs = [{"time": r.expected_start_time.astimezone(zone).isoformat(), "flow_run_id": str(r.id)}
-                 for r in runs if r.auto_scheduled][:n]
+    next_runs = [
+        {"time": r.expected_start_time.astimezone(zone).isoformat(), "flow_run_id": str(r.id)}
+        for r in runs
+        if r.auto_scheduled
+    ][:n]
     if len(next_runs) < n:
         last = datetime.fromisoformat(next_runs[-1]["time"]) if next_runs else now
-        next_runs += [{"time": t.isoformat(), "flow_run_id": None}
-                      for t in _cron_times(cron, tz, last, n - len(next_runs))]
+        next_runs += [
+            {"time": t.isoformat(), "flow_run_id": None} for t in _cron_times(cron, tz, last, n - len(next_runs))
+        ]
     info["next_runs"] = next_runs
     return info
 

@@ -1,4 +1,5 @@
 """Progress lines for long loops (sampling, training), on stderr so they never mix with command output."""
+
 from __future__ import annotations
 
 import sys

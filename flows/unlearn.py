@@ -51,9 +51,16 @@ class Context:
 
     @classmethod
     def open(cls, settings: Settings, workspace: Workspace) -> "Context":
-        return cls(settings, workspace, RequestQueue(workspace.queue_db), Registry(workspace, settings.registry),
-                   DatasetStore(workspace.dvc_root, workspace.dvc_remote), EvalCache(workspace.evals),
-                   Judge.load(settings.paths.judge), load_split("test", settings.paths.prepared))
+        return cls(
+            settings,
+            workspace,
+            RequestQueue(workspace.queue_db),
+            Registry(workspace, settings.registry),
+            DatasetStore(workspace.dvc_root, workspace.dvc_remote),
+            EvalCache(workspace.evals),
+            Judge.load(settings.paths.judge),
+            load_split("test", settings.paths.prepared),
+        )
 
 
 def forgotten_of(version) -> list[str]:
@@ -69,14 +76,16 @@ def samples_of(ctx: Context, version: str):
     if cached is not None:
         return cached
     generator, adapters = ctx.registry.load(version)
-    images, labels = generate_samples_task(generator, adapters, s.eval, s.sampling,
-                                           reporter(f"evaluate version {version}"))
+    images, labels = generate_samples_task(
+        generator, adapters, s.eval, s.sampling, reporter(f"evaluate version {version}")
+    )
     ctx.cache.put(version, key, images, labels)
     return images, labels
 
 
-def grid_file(ctx: Context, folder: Path, images, labels, concepts: list[str], forgotten: list[str],
-              first: list[str] = ()) -> Path:
+def grid_file(
+    ctx: Context, folder: Path, images, labels, concepts: list[str], forgotten: list[str], first: list[str] = ()
+) -> Path:
     """One labelled row per concept, `first` (the forgotten concept and its anchor) on top."""
     order = list(dict.fromkeys([*first, *concepts]))
     path = folder / "samples.png"
@@ -98,13 +107,28 @@ def ensure_base(ctx: Context) -> str:
     metrics = score_task(images, labels, ctx.judge, [], *ctx.real, s.eval, s.sampling)
     with tempfile.TemporaryDirectory() as tmp:
         files = {"samples": grid_file(ctx, Path(tmp), images, labels, generator.concepts, [])}
-        tags = {"kind": "base", "gate": "passed", "forgotten": "", "parent_version": "", "request_id": "",
-                "eval_key": metrics["eval_key"],
-                "sample_sha256": sample_fingerprint(generator, adapters, s.fingerprint, s.sampling)}
+        tags = {
+            "kind": "base",
+            "gate": "passed",
+            "forgotten": "",
+            "parent_version": "",
+            "request_id": "",
+            "eval_key": metrics["eval_key"],
+            "sample_sha256": sample_fingerprint(generator, adapters, s.fingerprint, s.sampling),
+        }
         version = register_version_task(
-            ctx.registry, key="base", generator=generator, adapters=adapters, sampling=s.sampling.model_dump(),
-            run_name="base", settings=s.model_dump(mode="json"), metrics=summary_metrics(metrics), tags=tags,
-            description="Base generator: the root of the lineage, nothing forgotten.", files=files)
+            ctx.registry,
+            key="base",
+            generator=generator,
+            adapters=adapters,
+            sampling=s.sampling.model_dump(),
+            run_name="base",
+            settings=s.model_dump(mode="json"),
+            metrics=summary_metrics(metrics),
+            tags=tags,
+            description="Base generator: the root of the lineage, nothing forgotten.",
+            files=files,
+        )
     ctx.cache.put(version, metrics["eval_key"], images, labels)
     promote_task(ctx.registry, version)
     return version
@@ -130,52 +154,104 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     name = f"request-{request.id}"
     if name in teacher.names:
         raise ValueError(f"production version {parent.version} already holds an adapter named {name}")
-    replay = distill_task(generator, teacher, ctx.judge, request.concept, request.anchor, forgotten_before,
-                          s.distill, s.sampling, progress=reporter(f"request {request.id}: teacher replay"))
-    forget_ref, retain_ref = version_replay_sets(ctx.store, request.id, request.attempts, replay.forget_tensors(),
-                                                 replay.retain_tensors())
-    trained = train_adapter_task(generator, teacher, replay.forget_images, replay.retain_images,
-                                 replay.retain_labels, request.concept, replay.anchor, s.adapter, s.train, name,
-                                 progress=reporter(f"request {request.id}: train adapter"))
+    replay = distill_task(
+        generator,
+        teacher,
+        ctx.judge,
+        request.concept,
+        request.anchor,
+        forgotten_before,
+        s.distill,
+        s.sampling,
+        progress=reporter(f"request {request.id}: teacher replay"),
+    )
+    forget_ref, retain_ref = version_replay_sets(
+        ctx.store, request.id, request.attempts, replay.forget_tensors(), replay.retain_tensors()
+    )
+    trained = train_adapter_task(
+        generator,
+        teacher,
+        replay.forget_images,
+        replay.retain_images,
+        replay.retain_labels,
+        request.concept,
+        replay.anchor,
+        s.adapter,
+        s.train,
+        name,
+        progress=reporter(f"request {request.id}: train adapter"),
+    )
     forgotten_after = forgotten_before + [request.concept]
     parent_images, parent_labels = samples_of(ctx, parent.version)
     before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
-    images, labels = generate_samples_task(generator, trained.stack, s.eval, s.sampling,
-                                           reporter(f"request {request.id}: evaluate new version"))
+    images, labels = generate_samples_task(
+        generator, trained.stack, s.eval, s.sampling, reporter(f"request {request.id}: evaluate new version")
+    )
     after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
     reasons = check_gates(after, before, s.gates)
     ws = ctx.workspace
     tags = {
-        "kind": "unlearning-step", "request_id": request.id, "request_note": request.note[:500],
-        "concept": request.concept, "anchor": replay.anchor, "parent_version": str(parent.version),
-        "forgotten": ",".join(forgotten_after), "forget_md5": forget_ref.md5, "retain_md5": retain_ref.md5,
-        "forget_path": ws.relative(forget_ref.path), "retain_path": ws.relative(retain_ref.path),
-        "adapter_name": name, "adapter_sha256": trained.stack.sha256([name]),
-        "gate": "failed" if reasons else "passed", "gate_reasons": "; ".join(reasons)[:4000],
+        "kind": "unlearning-step",
+        "request_id": request.id,
+        "request_note": request.note[:500],
+        "concept": request.concept,
+        "anchor": replay.anchor,
+        "parent_version": str(parent.version),
+        "forgotten": ",".join(forgotten_after),
+        "forget_md5": forget_ref.md5,
+        "retain_md5": retain_ref.md5,
+        "forget_path": ws.relative(forget_ref.path),
+        "retain_path": ws.relative(retain_ref.path),
+        "adapter_name": name,
+        "adapter_sha256": trained.stack.sha256([name]),
+        "gate": "failed" if reasons else "passed",
+        "gate_reasons": "; ".join(reasons)[:4000],
         "rejected": "true" if reasons else "false",
-        "eval_key": after["eval_key"], "trainable_params": trained.trainable_params,
+        "eval_key": after["eval_key"],
+        "trainable_params": trained.trainable_params,
         "adapter_targets": ",".join(trained.targets),
         "adapter_saliency": json.dumps({k: float(f"{v:.3g}") for k, v in trained.saliency.items()}),
         "sample_sha256": sample_fingerprint(generator, trained.stack, s.fingerprint, s.sampling),
         "metric.forget_acc_max": f"{after['forget_acc_max']:.4f}",
-        "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}", "metric.kid": f"{after['kid']:.4f}",
+        "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}",
+        "metric.kid": f"{after['kid']:.4f}",
     }
     metrics = summary_metrics(after)
-    metrics.update({"before.forget_acc": before["accuracy"][request.concept],
-                    "before.retain_acc_mean": before["retain_acc_mean"], "before.kid": before["kid"],
-                    "trainable_params": trained.trainable_params, "train_seconds": trained.seconds})
-    description = (f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
-                   f"{parent.version}. Forget accuracy {before['accuracy'][request.concept]:.3f} -> "
-                   f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
-                   f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}.")
+    metrics.update(
+        {
+            "before.forget_acc": before["accuracy"][request.concept],
+            "before.retain_acc_mean": before["retain_acc_mean"],
+            "before.kid": before["kid"],
+            "trainable_params": trained.trainable_params,
+            "train_seconds": trained.seconds,
+        }
+    )
+    description = (
+        f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
+        f"{parent.version}. Forget accuracy {before['accuracy'][request.concept]:.3f} -> "
+        f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
+        f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}."
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"samples": grid_file(ctx, Path(tmp), images, labels, generator.concepts, forgotten_after,
-                                      [request.concept, replay.anchor])}
+        files = {
+            "samples": grid_file(
+                ctx, Path(tmp), images, labels, generator.concepts, forgotten_after, [request.concept, replay.anchor]
+            )
+        }
         version = register_version_task(
-            ctx.registry, key=f"request-{request.id}-attempt-{request.attempts}", generator=generator,
-            adapters=trained.stack, sampling=s.sampling.model_dump(), run_name=f"request-{request.id}-{request.concept}",
-            settings=s.model_dump(mode="json"), metrics=metrics, tags=tags, description=description, files=files,
-            datasets={"forget": (forget_ref.path, forget_ref.md5), "retain": (retain_ref.path, retain_ref.md5)})
+            ctx.registry,
+            key=f"request-{request.id}-attempt-{request.attempts}",
+            generator=generator,
+            adapters=trained.stack,
+            sampling=s.sampling.model_dump(),
+            run_name=f"request-{request.id}-{request.concept}",
+            settings=s.model_dump(mode="json"),
+            metrics=metrics,
+            tags=tags,
+            description=description,
+            files=files,
+            datasets={"forget": (forget_ref.path, forget_ref.md5), "retain": (retain_ref.path, retain_ref.md5)},
+        )
     ctx.cache.put(version, after["eval_key"], images, labels)
     if reasons:
         ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=replay.anchor)
@@ -184,17 +260,30 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         ctx.queue.complete(request.id, version, anchor=replay.anchor)
     with tempfile.TemporaryDirectory() as tmp:
         ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
-    summary = {"request_id": request.id, "concept": request.concept, "anchor": replay.anchor, "version": version,
-               "parent_version": str(parent.version), "promoted": not reasons, "reasons": reasons,
-               "forget_acc_before": before["accuracy"][request.concept],
-               "forget_acc_after": after["accuracy"][request.concept],
-               "retain_acc_before": before["retain_acc_mean"], "retain_acc_after": after["retain_acc_mean"],
-               "kid_before": before["kid"], "kid_after": after["kid"],
-               "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
-               "train_seconds": trained.seconds, "trainable_params": trained.trainable_params}
+    summary = {
+        "request_id": request.id,
+        "concept": request.concept,
+        "anchor": replay.anchor,
+        "version": version,
+        "parent_version": str(parent.version),
+        "promoted": not reasons,
+        "reasons": reasons,
+        "forget_acc_before": before["accuracy"][request.concept],
+        "forget_acc_after": after["accuracy"][request.concept],
+        "retain_acc_before": before["retain_acc_mean"],
+        "retain_acc_after": after["retain_acc_mean"],
+        "kid_before": before["kid"],
+        "kid_after": after["kid"],
+        "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
+        "train_seconds": trained.seconds,
+        "trainable_params": trained.trainable_params,
+    }
     get_run_logger().info(step_summary_text(summary))
-    create_markdown_artifact(markdown=step_summary_markdown(summary, after, ctx), key=f"request-{request.id}",
-                             description=f"Request {request.id}: forget {request.concept}")
+    create_markdown_artifact(
+        markdown=step_summary_markdown(summary, after, ctx),
+        key=f"request-{request.id}",
+        description=f"Request {request.id}: forget {request.concept}",
+    )
     return summary
 
 
@@ -202,29 +291,37 @@ def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
     """A step's summary as the Prefect markdown artefact."""
     verdict = "**promoted to production**" if r["promoted"] else "**rejected**: " + "; ".join(r["reasons"])
     link = f"{ctx.workspace.mlflow_uri} → Models → {ctx.registry.model_name} → version {r['version']}"
-    rows = "\n".join(f"| {c} | {'forgotten' if c in after['forgotten'] else 'retained'} | {a:.3f} |"
-                     for c, a in after["accuracy"].items())
-    return (f"# Request {r['request_id']}: forget `{r['concept']}` → `{r['anchor']}`\n\n"
-            f"Version {r['version']} (parent {r['parent_version']}): {verdict}\n\n"
-            f"| metric | before | after |\n|---|---|---|\n"
-            f"| forget accuracy ({r['concept']}) | {r['forget_acc_before']:.3f} | {r['forget_acc_after']:.3f} |\n"
-            f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
-            f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n\n"
-            f"Per concept, after:\n\n| concept | role | judged accuracy |\n|---|---|---|\n{rows}\n\n"
-            f"MLflow: {link}\n")
+    rows = "\n".join(
+        f"| {c} | {'forgotten' if c in after['forgotten'] else 'retained'} | {a:.3f} |"
+        for c, a in after["accuracy"].items()
+    )
+    return (
+        f"# Request {r['request_id']}: forget `{r['concept']}` → `{r['anchor']}`\n\n"
+        f"Version {r['version']} (parent {r['parent_version']}): {verdict}\n\n"
+        f"| metric | before | after |\n|---|---|---|\n"
+        f"| forget accuracy ({r['concept']}) | {r['forget_acc_before']:.3f} | {r['forget_acc_after']:.3f} |\n"
+        f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
+        f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n\n"
+        f"Per concept, after:\n\n| concept | role | judged accuracy |\n|---|---|---|\n{rows}\n\n"
+        f"MLflow: {link}\n"
+    )
 
 
 def step_summary_text(r: dict) -> str:
     """A step's summary as the lines `lethe run` prints."""
     verdict = "promoted to production" if r["promoted"] else "REJECTED: " + "; ".join(r["reasons"])
-    lines = [f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
-             f"(parent {r['parent_version']}), {verdict}",
-             f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}",
-             f"  retained concepts, mean accuracy: {r['retain_acc_before']:.3f} -> {r['retain_acc_after']:.3f}; "
-             f"KID {r['kid_before']:.4f} -> {r['kid_after']:.4f}"]
+    lines = [
+        f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
+        f"(parent {r['parent_version']}), {verdict}",
+        f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}",
+        f"  retained concepts, mean accuracy: {r['retain_acc_before']:.3f} -> {r['retain_acc_after']:.3f}; "
+        f"KID {r['kid_before']:.4f} -> {r['kid_after']:.4f}",
+    ]
     if r["earlier_forgotten_after"]:
-        lines.append("  earlier forgotten, accuracy now: "
-                     + ", ".join(f"{c} {a:.3f}" for c, a in r["earlier_forgotten_after"].items()))
+        lines.append(
+            "  earlier forgotten, accuracy now: "
+            + ", ".join(f"{c} {a:.3f}" for c, a in r["earlier_forgotten_after"].items())
+        )
     return "\n".join(lines)
 
 
@@ -260,11 +357,23 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
             except Exception as error:  # a bad step fails its request; the batch and production go on
                 logger.error("request %s failed:\n%s", request.id, traceback.format_exc())
                 ctx.queue.fail(request.id, f"error: {type(error).__name__}: {error}")
-                reports.append({"request_id": request.id, "concept": request.concept, "promoted": False,
-                                "reasons": [f"error: {error}"]})
-    summary = "\n".join(f"| {r['request_id']} | {r['concept']} | {r.get('version', '-')} | "
-                        f"{'promoted' if r['promoted'] else 'failed: ' + '; '.join(r['reasons'])} |" for r in reports)
-    create_markdown_artifact(markdown=f"# Lethe batch\n\n{len(reports)} request(s)\n\n| request | concept | version "
-                                      f"| result |\n|---|---|---|---|\n{summary}\n", key="lethe-batch",
-                             description="Requests processed by this batch")
+                reports.append(
+                    {
+                        "request_id": request.id,
+                        "concept": request.concept,
+                        "promoted": False,
+                        "reasons": [f"error: {error}"],
+                    }
+                )
+    summary = "\n".join(
+        f"| {r['request_id']} | {r['concept']} | {r.get('version', '-')} | "
+        f"{'promoted' if r['promoted'] else 'failed: ' + '; '.join(r['reasons'])} |"
+        for r in reports
+    )
+    create_markdown_artifact(
+        markdown=f"# Lethe batch\n\n{len(reports)} request(s)\n\n| request | concept | version "
+        f"| result |\n|---|---|---|---|\n{summary}\n",
+        key="lethe-batch",
+        description="Requests processed by this batch",
+    )
     return reports

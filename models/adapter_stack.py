@@ -154,8 +154,9 @@ class AdapterStack(nn.Module):
         if unknown:
             raise KeyError(f"cannot record unknown adapters {unknown}; the stack holds {self.names}")
         trajectories: dict[tuple[str, str], torch.Tensor] = {}
-        handles = [modules[t].register_forward_hook(partial(self._rewrite, t, tuple(record), trajectories))
-                   for t in targets]
+        handles = [
+            modules[t].register_forward_hook(partial(self._rewrite, t, tuple(record), trajectories)) for t in targets
+        ]
         try:
             yield trajectories
         finally:
@@ -166,10 +167,18 @@ class AdapterStack(nn.Module):
         """Config JSON + safetensors weights, like a diffusers model folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = [{"name": name, "intensity": slot.intensity, "enabled": slot.enabled,
-                   "fields": [{"target": t, "channels": self.field(name, t).channels,
-                               "ode": self.field(name, t).config.to_dict()} for t in slot.targets]}
-                  for name, slot in self.slots.items()]
+        config = [
+            {
+                "name": name,
+                "intensity": slot.intensity,
+                "enabled": slot.enabled,
+                "fields": [
+                    {"target": t, "channels": self.field(name, t).channels, "ode": self.field(name, t).config.to_dict()}
+                    for t in slot.targets
+                ],
+            }
+            for name, slot in self.slots.items()
+        ]
         (folder / CONFIG_NAME).write_text(json.dumps({"format": FORMAT_VERSION, "adapters": config}, indent=2) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, folder / WEIGHTS_NAME)
@@ -181,8 +190,10 @@ class AdapterStack(nn.Module):
         config = json.loads((folder / CONFIG_NAME).read_text())
         version = config.get("format", 1)
         if version not in (1, FORMAT_VERSION):
-            raise ValueError(f"{folder / CONFIG_NAME}: adapter stack format {version} is newer than this Lethe "
-                             f"reads ({FORMAT_VERSION})")
+            raise ValueError(
+                f"{folder / CONFIG_NAME}: adapter stack format {version} is newer than this Lethe "
+                f"reads ({FORMAT_VERSION})"
+            )
         if version == 1:
             return cls._load_v1(folder, config)
         stack = cls()
@@ -208,7 +219,7 @@ class AdapterStack(nn.Module):
             for i, entry in entries:
                 adapter = ODEAdapter(entry["channels"], ODEConfig(**entry["ode"]))
                 prefix = f"adapters.{i}."
-                adapter.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+                adapter.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
                 fields[entry["target"]] = adapter
             stack.add(name, fields, entries[0][1]["intensity"], entries[0][1]["enabled"])
         return stack

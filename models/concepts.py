@@ -3,6 +3,7 @@
 A concept's index is its class label in the generator and the judge; the null class (index = len) means
 "no concept" and is what classifier-free guidance conditions on.
 """
+
 from __future__ import annotations
 
 CLOTHING = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")

@@ -6,6 +6,7 @@ once per training step; with `cache_encoder`, the frozen encoder's output for th
 too (see `models.unet_split`), leaving only the decoder to run at each step. Forget rows come first: the
 student is asked for the concept and its target is the teacher's prediction for the anchor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,10 +32,21 @@ class DistillTargets:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, generator: Generator, teacher: AdapterStack | None, forget_images: torch.Tensor,
-              retain_images: torch.Tensor, retain_labels: torch.Tensor, concept_label: int, anchor_label: int,
-              forget_rows: int, retain_rows: int, seed: int, batch_size: int = 256,
-              retain_targets: bool = True) -> "DistillTargets":
+    def build(
+        cls,
+        generator: Generator,
+        teacher: AdapterStack | None,
+        forget_images: torch.Tensor,
+        retain_images: torch.Tensor,
+        retain_labels: torch.Tensor,
+        concept_label: int,
+        anchor_label: int,
+        forget_rows: int,
+        retain_rows: int,
+        seed: int,
+        batch_size: int = 256,
+        retain_targets: bool = True,
+    ) -> "DistillTargets":
         """`forget_rows` + `retain_rows` rows, each a replay image with its own noise and timestep. Without
         `retain_targets` the teacher runs on forget rows only and retained rows' targets are NaN (a trainer
         that distils retained rows on features never reads them; one that does gets a NaN loss, not a
@@ -62,8 +74,9 @@ class DistillTargets:
         """Store the encoder's output for the student's labels; valid while every trained module is in the
         decoder and `frozen` holds the adapters the student applies in the encoder."""
         chunks = [slice(i, i + batch_size) for i in range(0, len(self), batch_size)]
-        self.encoded = Encoded.cat([generator.encode(self.xt[c], self.t[c], self.student_labels[c], frozen)
-                                    for c in chunks])
+        self.encoded = Encoded.cat(
+            [generator.encode(self.xt[c], self.t[c], self.student_labels[c], frozen) for c in chunks]
+        )
 
     def draw(self, n_forget: int, n_retain: int, rng: torch.Generator) -> torch.Tensor:
         """Row indices of one batch: `n_forget` forget rows, then `n_retain` retain rows."""

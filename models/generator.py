@@ -3,6 +3,7 @@
 Saved and loaded as a diffusers-style folder (`unet/`, `scheduler/`, plus `lethe.json` naming the concepts),
 so the weights are plain safetensors and the architecture is config, not code.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,21 +19,34 @@ from lethe.models.unet_split import Encoded, decode, decode_to, encode
 META_NAME = "lethe.json"
 
 
-def build_unet(image_size: int, channels: int, num_concepts: int, block_channels: list[int],
-               layers_per_block: int, norm_groups: int) -> UNet2DModel:
+def build_unet(
+    image_size: int,
+    channels: int,
+    num_concepts: int,
+    block_channels: list[int],
+    layers_per_block: int,
+    norm_groups: int,
+) -> UNet2DModel:
     """A small class-conditional UNet without attention; class `num_concepts` is the null class."""
     depth = len(block_channels)
     return UNet2DModel(
-        sample_size=image_size, in_channels=channels, out_channels=channels,
-        block_out_channels=tuple(block_channels), layers_per_block=layers_per_block,
-        down_block_types=("DownBlock2D",) * depth, up_block_types=("UpBlock2D",) * depth,
-        add_attention=False, num_class_embeds=num_concepts + 1, norm_num_groups=norm_groups,
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(block_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * depth,
+        up_block_types=("UpBlock2D",) * depth,
+        add_attention=False,
+        num_class_embeds=num_concepts + 1,
+        norm_num_groups=norm_groups,
     )
 
 
 def build_scheduler(train_timesteps: int, beta_schedule: str) -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, clip_sample=True,
-                         prediction_type="epsilon")
+    return DDIMScheduler(
+        num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, clip_sample=True, prediction_type="epsilon"
+    )
 
 
 class Generator(nn.Module):
@@ -41,8 +55,10 @@ class Generator(nn.Module):
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, concepts: list[str]):
         super().__init__()
         if unet.config.num_class_embeds != len(concepts) + 1:
-            raise ValueError(f"UNet has {unet.config.num_class_embeds} class embeddings, expected "
-                             f"{len(concepts) + 1} for {len(concepts)} concepts plus the null class")
+            raise ValueError(
+                f"UNet has {unet.config.num_class_embeds} class embeddings, expected "
+                f"{len(concepts) + 1} for {len(concepts)} concepts plus the null class"
+            )
         self.unet = unet
         self.scheduler = scheduler
         self.concepts = list(concepts)
@@ -76,14 +92,23 @@ class Generator(nn.Module):
         handle = modules[target].register_forward_hook(remember)
         try:
             x = torch.zeros(1, *self.image_shape, device=self.unet.device)
-            self.unet(x, torch.zeros(1, dtype=torch.long, device=x.device),
-                      class_labels=torch.zeros(1, dtype=torch.long, device=x.device))
+            self.unet(
+                x,
+                torch.zeros(1, dtype=torch.long, device=x.device),
+                class_labels=torch.zeros(1, dtype=torch.long, device=x.device),
+            )
         finally:
             handle.remove()
         return int(seen["shape"][1])
 
-    def predict_noise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-                      adapters: AdapterStack | None = None, record: tuple[str, ...] = ()):
+    def predict_noise(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        adapters: AdapterStack | None = None,
+        record: tuple[str, ...] = (),
+    ):
         """Noise prediction and the recorded adapter trajectories ({(adapter name, target): states})."""
         if adapters is None or len(adapters) == 0:
             return self.unet(x, t, class_labels=labels).sample, {}
@@ -91,8 +116,9 @@ class Generator(nn.Module):
             eps = self.unet(x, t, class_labels=labels).sample
         return eps, trajectories
 
-    def encode(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-               adapters: AdapterStack | None = None) -> Encoded:
+    def encode(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, adapters: AdapterStack | None = None
+    ) -> Encoded:
         """The encoder half of `predict_noise` (adapters on encoder modules apply; decoder ones wait)."""
         if adapters is None or len(adapters) == 0:
             return encode(self.unet, x, t, labels)
@@ -107,8 +133,9 @@ class Generator(nn.Module):
             eps = decode(self.unet, encoded)
         return eps, trajectories
 
-    def decode_to(self, encoded: Encoded, stage: str, adapters: AdapterStack | None = None,
-                  record: tuple[str, ...] = ()):
+    def decode_to(
+        self, encoded: Encoded, stage: str, adapters: AdapterStack | None = None, record: tuple[str, ...] = ()
+    ):
         """The decoder state after `stage`; `decode` of it finishes the pass (`models.unet_split.decode_to`)."""
         if adapters is None or len(adapters) == 0:
             return decode_to(self.unet, encoded, stage), {}
@@ -127,8 +154,9 @@ class Generator(nn.Module):
     def from_folder(cls, folder: str | Path) -> "Generator":
         folder = Path(folder)
         if not (folder / META_NAME).is_file():
-            raise FileNotFoundError(f"{folder} is not a Lethe generator folder (no {META_NAME}); "
-                                    "expected unet/, scheduler/ and lethe.json")
+            raise FileNotFoundError(
+                f"{folder} is not a Lethe generator folder (no {META_NAME}); expected unet/, scheduler/ and lethe.json"
+            )
         meta = json.loads((folder / META_NAME).read_text())
         unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)

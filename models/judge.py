@@ -1,6 +1,7 @@
 """The judge: a small CNN that names the concept in an image, and whose penultimate layer is the
 feature extractor for KID/FID (the Inception weights those metrics default to cannot be downloaded here).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,19 +16,35 @@ WEIGHTS_NAME = "judge.safetensors"
 
 
 class Judge(nn.Module):
-    def __init__(self, concepts: list[str], image_size: int = 16, channels: int = 1, width: int = 32,
-                 features: int = 128):
+    def __init__(
+        self, concepts: list[str], image_size: int = 16, channels: int = 1, width: int = 32, features: int = 128
+    ):
         super().__init__()
         self.concepts = list(concepts)
-        self.config = {"concepts": self.concepts, "image_size": image_size, "channels": channels, "width": width,
-                       "features": features}
+        self.config = {
+            "concepts": self.concepts,
+            "image_size": image_size,
+            "channels": channels,
+            "width": width,
+            "features": features,
+        }
         self.num_features = features  # torchmetrics reads this from a custom feature extractor
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.2),
-            nn.Linear(2 * width * (image_size // 4) ** 2, features), nn.ReLU(),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(2 * width * (image_size // 4) ** 2, features),
+            nn.ReLU(),
         )
         self.head = nn.Linear(features, len(concepts))
 
@@ -41,8 +58,9 @@ class Judge(nn.Module):
     @torch.no_grad()
     def classify(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         device = next(self.parameters()).device
-        return torch.cat([self(images[i:i + batch_size].to(device)).argmax(1).cpu()
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [self(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+        )
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

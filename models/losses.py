@@ -9,6 +9,7 @@
   * start: retained inputs keep every state near h_0, not only the end point.
 Feature-space terms are divided by the energy of h_0 so their weights do not depend on the layer's scale.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ The feature map h of a frozen UNet block flows along a learned vector field for 
 last layer starts at zero, so a fresh adapter is exactly the identity; the horizon is the knob of forgetting
 intensity: integrating for `intensity * T` moves a feature part of the way, 0 leaves it untouched.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,9 @@ class ODEAdapter(nn.Module):
         n = steps or self.config.steps
         return torch.linspace(0.0, intensity * self.config.horizon, n + 1)
 
-    def trajectory(self, h: torch.Tensor, intensity: float = 1.0, solver: str | None = None,
-                   steps: int | None = None) -> torch.Tensor:
+    def trajectory(
+        self, h: torch.Tensor, intensity: float = 1.0, solver: str | None = None, steps: int | None = None
+    ) -> torch.Tensor:
         """States of the ODE path, shape (n + 1, *h.shape); state 0 is h itself.
 
         `solver` and `steps` override the training-time integration (e.g. a cheaper euler pass at sampling).

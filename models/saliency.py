@@ -4,6 +4,7 @@ For each candidate module, saliency = mean over forget rows of |<dL/dh, h>|, the
 forget loss if the block's output were switched off. Blocks that carry the concept most score highest, and
 the request's adapters go on the top k. It costs one forward and backward pass over a few batches.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,15 @@ from lethe.models.generator import Generator
 from lethe.models.losses import noise_matching
 
 
-def block_saliency(generator: Generator, stack: AdapterStack | None, candidates: list[str], xt: torch.Tensor,
-                   t: torch.Tensor, labels: torch.Tensor, target_eps: torch.Tensor) -> dict[str, float]:
+def block_saliency(
+    generator: Generator,
+    stack: AdapterStack | None,
+    candidates: list[str],
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    target_eps: torch.Tensor,
+) -> dict[str, float]:
     """Saliency of each candidate module's output for the loss noise_matching(student(xt, t, labels), target)."""
     modules = dict(generator.unet.named_modules())
     missing = [c for c in candidates if c not in modules]

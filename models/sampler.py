@@ -4,6 +4,7 @@ The starting noise of concept c under seed s comes from its own random stream (s
 do not depend on which other concepts share the batch: evaluations before and after a step compare the same
 noise, and `sample(["trouser"], 16, seed=3)` gives the same images wherever it is asked.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,8 +21,14 @@ def concept_noise(shape: tuple[int, ...], n: int, seed: int, label: int) -> torc
 
 
 @torch.no_grad()
-def ddim_sample(generator: Generator, labels: torch.Tensor, noise: torch.Tensor, steps: int,
-                adapters: AdapterStack | None = None, guidance: float = 1.0) -> torch.Tensor:
+def ddim_sample(
+    generator: Generator,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    adapters: AdapterStack | None = None,
+    guidance: float = 1.0,
+) -> torch.Tensor:
     """Run DDIM (eta = 0) from `noise`; returns images in [-1, 1]. guidance > 1 uses the null class (CFG)."""
     scheduler = generator.scheduler
     scheduler.set_timesteps(steps)
@@ -37,9 +44,18 @@ def ddim_sample(generator: Generator, labels: torch.Tensor, noise: torch.Tensor,
     return x.clamp(-1.0, 1.0)
 
 
-def sample(generator: Generator, concepts: list[str], n: int, seed: int, steps: int,
-           adapters: AdapterStack | None = None, guidance: float = 1.0, batch_size: int = 256,
-           device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None):
+def sample(
+    generator: Generator,
+    concepts: list[str],
+    n: int,
+    seed: int,
+    steps: int,
+    adapters: AdapterStack | None = None,
+    guidance: float = 1.0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+):
     """n images per concept, concept-major: returns (images (len(concepts)*n, C, H, W), labels)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -49,8 +65,9 @@ def sample(generator: Generator, concepts: list[str], n: int, seed: int, steps: 
     out = []
     for start in range(0, len(noise), batch_size):
         chunk = slice(start, start + batch_size)
-        out.append(ddim_sample(generator, labels[chunk].to(device), noise[chunk].to(device), steps, adapters,
-                               guidance).cpu())
+        out.append(
+            ddim_sample(generator, labels[chunk].to(device), noise[chunk].to(device), steps, adapters, guidance).cpu()
+        )
         if progress:
             progress(min(start + batch_size, len(noise)), len(noise))
     return torch.cat(out), labels

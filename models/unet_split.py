@@ -7,6 +7,7 @@ for the configuration Lethe builds (no skip-conv blocks, positional time embeddi
 The decoder itself runs stage by stage (`decode_to`), so a training step can stop some rows at the deepest
 adapter and carry only the others through the rest.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,16 +32,18 @@ class Encoded:
         return len(self.sample)
 
     def rows(self, index: torch.Tensor) -> "Encoded":
-        return Encoded(self.sample[index], tuple(r[index] for r in self.res_samples), self.emb[index],
-                       self.stages_done)
+        return Encoded(self.sample[index], tuple(r[index] for r in self.res_samples), self.emb[index], self.stages_done)
 
     @staticmethod
     def cat(parts: list["Encoded"]) -> "Encoded":
         if len({p.stages_done for p in parts}) > 1:
             raise ValueError("cannot concatenate decoder states at different stages")
-        return Encoded(torch.cat([p.sample for p in parts]),
-                       tuple(torch.cat(rs) for rs in zip(*(p.res_samples for p in parts))),
-                       torch.cat([p.emb for p in parts]), parts[0].stages_done)
+        return Encoded(
+            torch.cat([p.sample for p in parts]),
+            tuple(torch.cat(rs) for rs in zip(*(p.res_samples for p in parts))),
+            torch.cat([p.emb for p in parts]),
+            parts[0].stages_done,
+        )
 
 
 def splittable(unet) -> bool:
@@ -48,8 +51,11 @@ def splittable(unet) -> bool:
     if not isinstance(unet, UNet2DModel):
         return False
     config = unet.config
-    return (not config.center_input_sample and config.time_embedding_type == "positional"
-            and not any(hasattr(b, "skip_conv") for b in list(unet.down_blocks) + list(unet.up_blocks)))
+    return (
+        not config.center_input_sample
+        and config.time_embedding_type == "positional"
+        and not any(hasattr(b, "skip_conv") for b in list(unet.down_blocks) + list(unet.up_blocks))
+    )
 
 
 def in_decoder(target: str) -> bool:
@@ -113,7 +119,7 @@ def decode_to(unet: UNet2DModel, encoded: Encoded, stage: str) -> Encoded:
     if stage not in order:
         raise KeyError(f"{stage!r} is not a decoder stage of this UNet: {order}")
     state = encoded
-    for name in order[encoded.stages_done:order.index(stage) + 1]:
+    for name in order[encoded.stages_done : order.index(stage) + 1]:
         state = _run_stage(unet, name, state)
     return state
 
@@ -121,6 +127,6 @@ def decode_to(unet: UNet2DModel, encoded: Encoded, stage: str) -> Encoded:
 def decode(unet: UNet2DModel, encoded: Encoded) -> torch.Tensor:
     """The noise prediction, running the decoder stages `encoded` has not been through, then the head."""
     state = encoded
-    for name in stages(unet)[encoded.stages_done:]:
+    for name in stages(unet)[encoded.stages_done :]:
         state = _run_stage(unet, name, state)
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(state.sample)))

@@ -1,5 +1,6 @@
 """Images out of tensors: sample grids as PNG (plain, or one labelled row per concept), raw samples as .npy
 (N x C x H x W float32 in [-1, 1])."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,7 @@ def grid(images: torch.Tensor, columns: int, scale: int = 2) -> Image.Image:
     pixels = pixels.round().to(torch.uint8).numpy()
     for i in range(n):
         r, k = divmod(i, columns)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = pixels[i]
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = pixels[i]
     image = Image.fromarray(canvas, mode="L")
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
 
@@ -40,8 +41,15 @@ def write_samples(images: torch.Tensor, out: str | Path, columns: int) -> Path:
     return out
 
 
-def concept_grid(images: torch.Tensor, labels: torch.Tensor, concepts: list[str], order: list[str],
-                 per_row: int, forgotten: list[str] = (), scale: int = 2) -> Image.Image:
+def concept_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    concepts: list[str],
+    order: list[str],
+    per_row: int,
+    forgotten: list[str] = (),
+    scale: int = 2,
+) -> Image.Image:
     """One row per concept in `order`, each labelled with its name on the left; forgotten concepts are
     marked "(forgotten)" in red, so a person reading the grid knows which rows should not show the concept."""
     rows = [images[labels == concepts.index(c)][:per_row] for c in order]

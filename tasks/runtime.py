@@ -9,8 +9,12 @@ import torch
 from lethe.tasks.settings import RuntimeSettings
 
 # Libraries that narrate routine work at INFO ("Initialized DVC repository", MLflow's pickling notes).
-QUIET_LOGGERS = {"dvc": logging.WARNING, "mlflow": logging.WARNING, "mlflow.pyfunc": logging.ERROR,
-                 "alembic": logging.WARNING}
+QUIET_LOGGERS = {
+    "dvc": logging.WARNING,
+    "mlflow": logging.WARNING,
+    "mlflow.pyfunc": logging.ERROR,
+    "alembic": logging.WARNING,
+}
 
 
 def quiet_libraries() -> None:

@@ -152,8 +152,9 @@ class TrainSettings(Section):
     def _both_kinds_of_rows(self):
         n_forget = max(1, round(self.batch_size * self.forget_fraction))
         if n_forget >= self.batch_size:
-            raise ValueError(f"forget_fraction {self.forget_fraction} leaves no retain rows in a batch of "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"forget_fraction {self.forget_fraction} leaves no retain rows in a batch of {self.batch_size}"
+            )
         return self
 
 
@@ -272,7 +273,7 @@ def _assign(data: dict, path: list[str], value: Any, label: str) -> None:
     node = data
     for i, part in enumerate(path[:-1]):
         if not isinstance(node.get(part), dict):
-            raise SettingsError(f"{label}: no section {'.'.join(path[:i + 1])!r} in the settings")
+            raise SettingsError(f"{label}: no section {'.'.join(path[: i + 1])!r} in the settings")
         node = node[part]
     if path[-1] not in node:
         raise SettingsError(f"{label}: no key {'.'.join(path)!r} in the settings")
@@ -299,10 +300,12 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = name[len(ENV_PREFIX):].lower().split(ENV_SEPARATOR)
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_SEPARATOR)
         if len(path) < 2 or not all(path):
-            raise SettingsError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>{ENV_SEPARATOR}<KEY>, "
-                                f"e.g. {ENV_PREFIX}TRAIN{ENV_SEPARATOR}STEPS=50")
+            raise SettingsError(
+                f"environment variable {name}: expected {ENV_PREFIX}<SECTION>{ENV_SEPARATOR}<KEY>, "
+                f"e.g. {ENV_PREFIX}TRAIN{ENV_SEPARATOR}STEPS=50"
+            )
         out[".".join(path)] = yaml.safe_load(raw) if raw.strip() else None
     return out
 
@@ -311,8 +314,10 @@ def load_settings(file: str | Path, environ: Mapping[str, str] | None = None) ->
     """The settings of `file` with the `LETHE_*` overrides found in `environ` (none when it is None)."""
     path = Path(file).expanduser().resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"params file {str(file)!r} does not exist (give --params PATH, or run from the "
-                                "project folder that holds params.yaml)")
+        raise FileNotFoundError(
+            f"params file {str(file)!r} does not exist (give --params PATH, or run from the "
+            "project folder that holds params.yaml)"
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -24,8 +24,11 @@ class Workspace:
     def open(cls, settings: Settings) -> "Workspace":
         root = settings.paths.workspace.resolve()
         root.mkdir(parents=True, exist_ok=True)
-        return cls(root, settings.storage.mlflow_uri or f"sqlite:///{root / 'mlflow.db'}",
-                   settings.storage.dvc_remote or str(root / "dvc-remote"))
+        return cls(
+            root,
+            settings.storage.mlflow_uri or f"sqlite:///{root / 'mlflow.db'}",
+            settings.storage.dvc_remote or str(root / "dvc-remote"),
+        )
 
     @property
     def queue_db(self) -> Path:

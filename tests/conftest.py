@@ -44,8 +44,13 @@ def shipped_settings() -> Settings:
 def ode_config(**changes) -> ODEConfig:
     """The shipped adapter's ODE config, with `changes`."""
     a = shipped_settings().adapter
-    values = {"solver": a.solver, "horizon": a.horizon, "step_size": a.step_size, "hidden": a.hidden,
-              "sampling_steps": a.sampling_steps}
+    values = {
+        "solver": a.solver,
+        "horizon": a.horizon,
+        "step_size": a.step_size,
+        "hidden": a.hidden,
+        "sampling_steps": a.sampling_steps,
+    }
     return ODEConfig(**(values | changes))
 
 
@@ -60,10 +65,20 @@ def tiny_generator_dir(tmp_path_factory) -> Path:
     return tiny_generator().save(tmp_path_factory.mktemp("tiny-generator"))
 
 
-SMALL = {"sampling.steps": 4, "sampling.batch_size": 256, "distill.replay_per_concept": 4, "train.steps": 6,
-         "train.batch_size": 8, "train.pool_rows": 64, "eval.samples_per_concept": 4, "eval.kid_subset": 10,
-         "eval.device": "cpu", "adapter.targets": ["mid_block"],
-         "adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1"], "adapter.k": 1}
+SMALL = {
+    "sampling.steps": 4,
+    "sampling.batch_size": 256,
+    "distill.replay_per_concept": 4,
+    "train.steps": 6,
+    "train.batch_size": 8,
+    "train.pool_rows": 64,
+    "eval.samples_per_concept": 4,
+    "eval.kid_subset": 10,
+    "eval.device": "cpu",
+    "adapter.targets": ["mid_block"],
+    "adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1"],
+    "adapter.k": 1,
+}
 
 
 def small_settings(**changes) -> Settings:
@@ -85,11 +100,19 @@ def tiny_pipeline_settings(root: Path, generator_dir: Path) -> Settings:
     prepared = root / "prepared"
     prepared.mkdir(exist_ok=True)
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
-    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-              prepared / "test.safetensors")
-    return small_settings(paths__base=str(generator_dir), paths__judge=str(judge_dir), paths__prepared=str(prepared),
-                          paths__workspace=str(root / "ws"), gates__forget_acc_max=1.0, gates__retain_ratio_min=0.0,
-                          gates__kid_max_ratio=1e9)
+    save_file(
+        {"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+        prepared / "test.safetensors",
+    )
+    return small_settings(
+        paths__base=str(generator_dir),
+        paths__judge=str(judge_dir),
+        paths__prepared=str(prepared),
+        paths__workspace=str(root / "ws"),
+        gates__forget_acc_max=1.0,
+        gates__retain_ratio_min=0.0,
+        gates__kid_max_ratio=1e9,
+    )
 
 
 class Lethe:
@@ -108,8 +131,7 @@ class Lethe:
 
     def change(self, **changes) -> None:
         """Rewrite the params file with `changes` (as in small_settings)."""
-        write_settings(self.settings.override({k.replace("__", "."): v for k, v in changes.items()}),
-                       self.params_file)
+        write_settings(self.settings.override({k.replace("__", "."): v for k, v in changes.items()}), self.params_file)
 
     def __call__(self, *args: str) -> int:
         from lethe.flows.cli import main

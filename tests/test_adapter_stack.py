@@ -99,8 +99,13 @@ def test_trajectories_are_returned_for_recorded_adapters_only(generator):
     x, t, y = inputs()
     stack = AdapterStack()
     stack.add("request-1", {"mid_block": fresh(generator.feature_channels("mid_block"), step_size=0.5)})
-    stack.add("request-2", {"up_blocks.0": fresh(generator.feature_channels("up_blocks.0"), step_size=0.25),
-                            "mid_block": fresh(generator.feature_channels("mid_block"), step_size=0.25)})
+    stack.add(
+        "request-2",
+        {
+            "up_blocks.0": fresh(generator.feature_channels("up_blocks.0"), step_size=0.25),
+            "mid_block": fresh(generator.feature_channels("mid_block"), step_size=0.25),
+        },
+    )
     _, paths = generator.predict_noise(x, t, y, stack, record=("request-2",))
     assert sorted(paths) == [("request-2", "mid_block"), ("request-2", "up_blocks.0")]
     assert all(p.shape[0] == 5 for p in paths.values())
@@ -155,15 +160,29 @@ def test_format_1_stacks_load_with_their_labels_as_names(generator, tmp_path):
     x, t, y = inputs()
     first, second = trained(generator.feature_channels("mid_block")), trained(generator.feature_channels("up_blocks.0"))
     third = trained(generator.feature_channels("mid_block"))
-    entries = [("mid_block", first, "request-1:trouser->dress"), ("up_blocks.0", second, "request-1:trouser->dress"),
-               ("mid_block", third, "request-2:bag->coat")]
+    entries = [
+        ("mid_block", first, "request-1:trouser->dress"),
+        ("up_blocks.0", second, "request-1:trouser->dress"),
+        ("mid_block", third, "request-2:bag->coat"),
+    ]
     folder = tmp_path / "v1"
     folder.mkdir()
-    config = [{"target": target, "intensity": 1.5, "enabled": True, "label": label, "channels": a.channels,
-               "ode": a.config.to_dict()} for target, a, label in entries]
+    config = [
+        {
+            "target": target,
+            "intensity": 1.5,
+            "enabled": True,
+            "label": label,
+            "channels": a.channels,
+            "ode": a.config.to_dict(),
+        }
+        for target, a, label in entries
+    ]
     (folder / CONFIG_NAME).write_text(json.dumps({"adapters": config}))
-    save_file({f"adapters.{i}.{k}": v for i, (_, a, _) in enumerate(entries) for k, v in a.state_dict().items()},
-              folder / WEIGHTS_NAME)
+    save_file(
+        {f"adapters.{i}.{k}": v for i, (_, a, _) in enumerate(entries) for k, v in a.state_dict().items()},
+        folder / WEIGHTS_NAME,
+    )
     loaded = AdapterStack.load(folder)
     assert loaded.names == ["request-1-trouser-dress", "request-2-bag-coat"]
     assert loaded.slots["request-1-trouser-dress"].targets == ["mid_block", "up_blocks.0"]

@@ -1,9 +1,16 @@
 """Mechanics of the benchmark's baselines on a tiny generator (not their quality): what each one trains,
 that the teacher is left untouched, and that each loss is the one its source describes."""
+
 import torch
 
-from benchmarks.baselines import (negative_guidance_targets, retrain_without, train_esd, train_full_finetune,
-                                  train_lora, weight_saliency)
+from benchmarks.baselines import (
+    negative_guidance_targets,
+    retrain_without,
+    train_esd,
+    train_full_finetune,
+    train_lora,
+    weight_saliency,
+)
 from lethe.models.concepts import CONCEPTS
 from lethe.models.generator import build_unet
 from lethe.tasks.steps.train_adapter import build_targets
@@ -40,7 +47,7 @@ def test_dfr_ft_trains_every_weight_of_a_copy():
 def test_esd_target_is_negative_guidance_away_from_the_concept():
     teacher, pool, params = pool_and_teacher()
     targets = negative_guidance_targets(teacher, pool, eta=2.0, batch_size=256)
-    xt, t, labels = pool.xt[:pool.n_forget], pool.t[:pool.n_forget], pool.student_labels[:pool.n_forget]
+    xt, t, labels = pool.xt[: pool.n_forget], pool.t[: pool.n_forget], pool.student_labels[: pool.n_forget]
     cond, _ = teacher.predict_noise(xt, t, labels)
     uncond, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
     assert torch.allclose(targets, uncond - 2.0 * (cond - uncond), atol=1e-6)
@@ -51,8 +58,9 @@ def test_esd_target_is_negative_guidance_away_from_the_concept():
 
 
 def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_them():
-    teacher, pool, params = pool_and_teacher(baselines__fade_lora__rank=2, baselines__fade_lora__modules=3,
-                                             baselines__fade_lora__lr=1e-2)
+    teacher, pool, params = pool_and_teacher(
+        baselines__fade_lora__rank=2, baselines__fade_lora__modules=3, baselines__fade_lora__lr=1e-2
+    )
     scores = weight_saliency(teacher, pool, params.baselines.fade_lora.saliency_rows)
     assert not any(p.requires_grad for p in teacher.unet.parameters())
     before = state(teacher)
@@ -60,8 +68,10 @@ def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_
     ranked = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")]
     assert modules == ranked[:3]
     convs = dict(teacher.unet.named_modules())
-    assert trainable == sum(2 * (convs[m].in_channels * convs[m].kernel_size[0] * convs[m].kernel_size[1]
-                                 + convs[m].out_channels) for m in modules)
+    assert trainable == sum(
+        2 * (convs[m].in_channels * convs[m].kernel_size[0] * convs[m].kernel_size[1] + convs[m].out_channels)
+        for m in modules
+    )
     assert changed(before, state(teacher)) == []
     assert set(state(student)) == set(before)  # merged: plain weights, no lora_A/lora_B left
     assert sorted(k.rsplit(".", 1)[0] for k in changed(before, state(student))) == sorted(modules)

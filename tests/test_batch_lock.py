@@ -8,10 +8,12 @@ from lethe.tasks.stores.batch_lock import BatchAlreadyRunning, batch_lock
 
 def test_a_second_batch_is_refused_while_one_holds_the_lock(tmp_path):
     lock = tmp_path / "batch.lock"
-    probe = ("import sys; from pathlib import Path\n"
-             "from lethe.tasks.stores.batch_lock import batch_lock, BatchAlreadyRunning\n"
-             "try:\n    with batch_lock(Path(sys.argv[1])): print('got it')\n"
-             "except BatchAlreadyRunning as e: print('refused:', e)")
+    probe = (
+        "import sys; from pathlib import Path\n"
+        "from lethe.tasks.stores.batch_lock import batch_lock, BatchAlreadyRunning\n"
+        "try:\n    with batch_lock(Path(sys.argv[1])): print('got it')\n"
+        "except BatchAlreadyRunning as e: print('refused:', e)"
+    )
     with batch_lock(lock):
         other = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True, check=True)
         assert other.stdout.startswith("refused: another batch holds")

@@ -1,5 +1,6 @@
 """Mechanics of the continual benchmark (not its targets): every part runs on a tiny fixture and writes the
 rows a checking script expects."""
+
 import json
 import math
 
@@ -11,26 +12,51 @@ from benchmarks.continual import main, merge, parse_overrides, wilson
 from lethe.models.concepts import CONCEPTS
 from tests.conftest import shipped_settings, write_settings
 
-FIELDS = {"method", "step", "concept", "forget_acc", "retain_acc_in", "retain_acc_cross", "kid", "trainable_params",
-          "base_params", "step_seconds", "sample_seconds", "peak_rss_mb"}
+FIELDS = {
+    "method",
+    "step",
+    "concept",
+    "forget_acc",
+    "retain_acc_in",
+    "retain_acc_cross",
+    "kid",
+    "trainable_params",
+    "base_params",
+    "step_seconds",
+    "sample_seconds",
+    "peak_rss_mb",
+}
 pytestmark = pytest.mark.slow
 
 
 def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatch):
     settings = tiny_pipeline.settings
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(4)
-    save_file({"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-              settings.paths.prepared / "train.safetensors")
+    save_file(
+        {"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+        settings.paths.prepared / "train.safetensors",
+    )
     settings = settings.override({"base.block_channels": [16, 32], "base.steps": 2, "base.batch_size": 8})
     path = write_settings(settings, tmp_path / "bench-params.yaml")
     results = tmp_path / "results"
-    common = ["--sequence", "trouser:dress,digit_3:", "--forget-samples", "4", "--retain-samples", "2",
-              "--params", str(path), "--results", str(results)]
+    common = [
+        "--sequence",
+        "trouser:dress,digit_3:",
+        "--forget-samples",
+        "4",
+        "--retain-samples",
+        "2",
+        "--params",
+        str(path),
+        "--results",
+        str(results),
+    ]
     assert main(["methods", "--methods", "lethe,dfr-ft,fade-lora,esd", *common]) == 0
     assert main(["retrain", *common]) == 0
     rows = json.loads((results / "continual.json").read_text())
-    assert [(r["method"], r["step"]) for r in rows] == [(m, s) for m in ("lethe", "dfr-ft", "fade-lora", "esd")
-                                                        for s in (0, 1, 2)] + [("retrain", 0), ("retrain", 2)]
+    assert [(r["method"], r["step"]) for r in rows] == [
+        (m, s) for m in ("lethe", "dfr-ft", "fade-lora", "esd") for s in (0, 1, 2)
+    ] + [("retrain", 0), ("retrain", 2)]
     assert all(FIELDS <= set(r) for r in rows)
     lethe, full, lora = rows[2], rows[5], rows[8]
     assert set(lethe["forget_acc_each"]) == {"trouser", "digit_3"}
@@ -56,8 +82,9 @@ def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatc
     from lethe.models.sampler import sample
 
     base, judge = Generator.from_folder(settings.paths.base), Judge.load(settings.paths.judge)
-    images, _ = sample(base, ["dress"], 4, 777, settings.sampling.steps, None, settings.sampling.guidance,
-                       settings.sampling.batch_size)
+    images, _ = sample(
+        base, ["dress"], 4, 777, settings.sampling.steps, None, settings.sampling.guidance, settings.sampling.batch_size
+    )
     hits = int((judge.classify(images) == CONCEPTS.index("trouser")).sum())
     assert floors[0]["floor"] == round(hits / 4, 4) and floors[0]["floor_ci"] == wilson(hits, 4)
 
@@ -71,17 +98,19 @@ def test_wilson_interval_brackets_the_proportion():
 
 def _part(folder, name, method, seed, requests):
     rows = [{"method": method, "seed": seed, "step": 0, "concept": None, "anchor": None}]
-    rows += [{"method": method, "seed": seed, "step": i, "concept": c, "anchor": a}
-             for i, (c, a) in enumerate(requests, start=1)]
+    rows += [
+        {"method": method, "seed": seed, "step": i, "concept": c, "anchor": a}
+        for i, (c, a) in enumerate(requests, start=1)
+    ]
     (folder / name).write_text(json.dumps(rows))
 
 
 def test_merge_takes_the_first_steps_of_a_longer_run_unless_this_sequence_ran(tmp_path):
     five = [("trouser", "dress"), ("digit_3", "digit_8")]
     ten = five + [("bag", "pullover")]
-    _part(tmp_path, "continual-lethe-seed0-aaa.json", "lethe", 0, ten)        # longer run, same start
-    _part(tmp_path, "continual-lethe-seed1-bbb.json", "lethe", 1, five)       # this sequence
-    _part(tmp_path, "continual-lethe-seed1-aaa.json", "lethe", 1, ten)        # loses to the exact run
+    _part(tmp_path, "continual-lethe-seed0-aaa.json", "lethe", 0, ten)  # longer run, same start
+    _part(tmp_path, "continual-lethe-seed1-bbb.json", "lethe", 1, five)  # this sequence
+    _part(tmp_path, "continual-lethe-seed1-aaa.json", "lethe", 1, ten)  # loses to the exact run
     _part(tmp_path, "continual-dfr-ft-seed0-ccc.json", "dfr-ft", 0, [("bag", "pullover")] + five)  # other start
     rows = merge(tmp_path, tmp_path / "out.json", [("trouser", None), ("digit_3", "digit_8")], "bbb")
     assert [(r["method"], r["seed"], r["step"]) for r in rows] == [("lethe", s, i) for s in (0, 1) for i in (0, 1, 2)]

@@ -27,7 +27,8 @@ def test_requests_are_added_listed_and_refused_with_reasons(capsys, workspace):
     assert lethe(workspace, "request", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["id"], r["concept"], r["anchor"], r["state"], r["note"]) for r in rows] == [
-        (1, "bag", "pullover", "pending", "ticket 17")]
+        (1, "bag", "pullover", "pending", "ticket 17")
+    ]
     assert lethe(workspace, "concepts") == 0
     listing = capsys.readouterr().out.splitlines()
     assert len(listing) == 20

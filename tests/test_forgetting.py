@@ -1,9 +1,9 @@
 """Forgetting happens: on the shipped base generator and judge (trained by `dvc repro`), one ODE-adapter step
 on a small budget drives the forgotten concept's judged accuracy far down while retained concepts hold."""
+
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.generator import Generator
@@ -21,20 +21,37 @@ RETAINED = ["dress", "sneaker", "bag", "digit_1", "digit_7"]
 def judged(generator, adapters, judge, concepts, n=48, steps=10) -> dict[str, float]:
     images, labels = sample(generator, concepts, n, seed=99, steps=steps, adapters=adapters)
     predicted = judge.classify(images)
-    return {c: float((predicted[labels == generator.concepts.index(c)] == generator.concepts.index(c)).float().mean())
-            for c in concepts}
+    return {
+        c: float((predicted[labels == generator.concepts.index(c)] == generator.concepts.index(c)).float().mean())
+        for c in concepts
+    }
 
 
 @pytest.mark.skipif(not (BASE / "lethe.json").is_file(), reason="no trained base: run `dvc repro`")
 def test_one_step_forgets_trouser_and_keeps_the_rest():
     generator, judge = Generator.from_folder(BASE), Judge.load(JUDGE)
-    s = small_settings(sampling__steps=10, distill__replay_per_concept=16, train__steps=150, train__batch_size=32,
-                       adapter__targets=["mid_block", "up_blocks.0"])
+    s = small_settings(
+        sampling__steps=10,
+        distill__replay_per_concept=16,
+        train__steps=150,
+        train__batch_size=32,
+        adapter__targets=["mid_block", "up_blocks.0"],
+    )
     teacher = AdapterStack()
     before = judged(generator, teacher, judge, ["trouser"] + RETAINED)
     replay = distill(generator, teacher, judge, "trouser", "dress", [], s.distill, s.sampling)
-    trained = train_adapter(generator, teacher, replay.forget_images, replay.retain_images, replay.retain_labels,
-                            "trouser", "dress", s.adapter, s.train, "request-1")
+    trained = train_adapter(
+        generator,
+        teacher,
+        replay.forget_images,
+        replay.retain_images,
+        replay.retain_labels,
+        "trouser",
+        "dress",
+        s.adapter,
+        s.train,
+        "request-1",
+    )
     after = judged(generator, trained.stack, judge, ["trouser"] + RETAINED)
     print("before", before, "\nafter", after)
     assert before["trouser"] >= 0.7, "the base must render trousers for this test to mean anything"

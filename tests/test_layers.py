@@ -9,8 +9,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # what each layer must not import (top-level names, and lethe's own layers by their full names)
 FORBIDDEN = {
-    "models": {"lethe.tasks", "lethe.flows", "prefect", "mlflow", "dvc", "boto3", "botocore", "sqlalchemy",
-               "psycopg", "psycopg2", "sqlite3"},
+    "models": {
+        "lethe.tasks",
+        "lethe.flows",
+        "prefect",
+        "mlflow",
+        "dvc",
+        "boto3",
+        "botocore",
+        "sqlalchemy",
+        "psycopg",
+        "psycopg2",
+        "sqlite3",
+    },
     "tasks": {"lethe.flows"},
     "flows": set(),
 }
@@ -26,7 +37,7 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 found.append((node.lineno, ".".join(base + ([node.module] if node.module else []))))
             elif node.module:
                 found.append((node.lineno, node.module))
@@ -40,7 +51,8 @@ def violations(root: Path = ROOT) -> list[str]:
             for line, name in imports_of(path):
                 top = name.split(".")[0]
                 bad = {f for f in forbidden if name == f or name.startswith(f + ".")} or (
-                    {top} if top in OLD_NAMES else set())
+                    {top} if top in OLD_NAMES else set()
+                )
                 if bad:
                     broken.append(f"{path.relative_to(root)}:{line}: {layer}/ must not import {name}")
     return broken
@@ -67,9 +79,11 @@ def test_models_run_without_orchestration_libraries():
     # boto3 may arrive only through diffusers' optional accelerate (its SageMaker config imports boto3 when it is
     # installed, as it is beside peft for the fade-lora baseline); nothing of models/ may pull it in.
     modules = sorted(p.stem for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
-    code = (f"import sys; import {', '.join('lethe.models.' + m for m in modules)}; "
-            "loaded = set(m.split('.')[0] for m in sys.modules); "
-            "bad = {'prefect', 'mlflow', 'dvc', 'sqlalchemy', 'psycopg'} & loaded; assert not bad, bad; "
-            "assert not any(m.startswith(('lethe.tasks', 'lethe.flows')) for m in sys.modules); "
-            "assert 'boto3' not in loaded or 'accelerate.commands.config.sagemaker' in sys.modules, 'boto3'")
+    code = (
+        f"import sys; import {', '.join('lethe.models.' + m for m in modules)}; "
+        "loaded = set(m.split('.')[0] for m in sys.modules); "
+        "bad = {'prefect', 'mlflow', 'dvc', 'sqlalchemy', 'psycopg'} & loaded; assert not bad, bad; "
+        "assert not any(m.startswith(('lethe.tasks', 'lethe.flows')) for m in sys.modules); "
+        "assert 'boto3' not in loaded or 'accelerate.commands.config.sagemaker' in sys.modules, 'boto3'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

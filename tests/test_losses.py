@@ -20,7 +20,10 @@ def test_smoothness_prefers_a_straight_path_between_the_same_end_points():
     times = torch.linspace(0, 1, 3)
     straight = torch.stack([h0, (h0 + h1) / 2, h1])
     detour = torch.stack([h0, h1 * 2, h1])
-    energy = lambda p: trajectory_smoothness(p + 1.0, times)  # offset keeps |h0| non-zero
+
+    def energy(path):
+        return trajectory_smoothness(path + 1.0, times)  # offset keeps |h0| non-zero
+
     assert energy(straight) < energy(detour)
 
 

@@ -55,8 +55,9 @@ def test_deployed_adapter_integrates_on_the_sampling_grid_and_training_sees_the_
     assert torch.allclose(adapter(h, 1.5), adapter.trajectory(h, 1.5)[-1], atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [dict(solver="dopri5"), dict(horizon=0), dict(step_size=-1), dict(hidden=0),
-                                 dict(sampling_steps=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(solver="dopri5"), dict(horizon=0), dict(step_size=-1), dict(hidden=0), dict(sampling_steps=0)]
+)
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         ode_config(**bad)

@@ -1,4 +1,5 @@
 """One deletion request through real Prefect, a real MLflow SQLite registry and a real DVC repository."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,12 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     base, step = versions
     assert base.tags["kind"] == "base" and base.tags["forgotten"] == ""
     tags = step.tags
-    assert (tags["request_id"], tags["concept"], tags["anchor"], tags["parent_version"]) == ("1", "trouser", "dress", "1")
+    assert (tags["request_id"], tags["concept"], tags["anchor"], tags["parent_version"]) == (
+        "1",
+        "trouser",
+        "dress",
+        "1",
+    )
     assert tags["forgotten"] == "trouser" and tags["gate"] == "passed"
     assert "production" in registry.production().aliases and str(registry.production().version) == "2"
 
@@ -44,7 +50,9 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     assert tags["forget_path"] == "datasets/request-00001/attempt-1/forget.safetensors"
     run = registry.client.get_run(step.run_id)
     assert {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs} == {
-        "forget": tags["forget_md5"], "retain": tags["retain_md5"]}
+        "forget": tags["forget_md5"],
+        "retain": tags["retain_md5"],
+    }
     logged = json.loads(open(registry.client.download_artifacts(step.run_id, "settings.json", str(workspace))).read())
     assert logged == json.loads(settings.model_dump_json())
 
@@ -67,8 +75,10 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     # lineage for scripts
     assert run_cli("lineage", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["version"], r["parent_version"], r["status"]) for r in rows] == [("1", None, "base"),
-                                                                               ("2", "1", "production")]
+    assert [(r["version"], r["parent_version"], r["status"]) for r in rows] == [
+        ("1", None, "base"),
+        ("2", "1", "production"),
+    ]
     assert rows[1]["request_id"] == 1 and rows[1]["concept"] == "trouser" and "forget_acc_max" in rows[1]["metrics"]
 
     # sampling is deterministic per seed and version; .npy carries the raw samples

@@ -40,11 +40,14 @@ def test_finished_requests_cannot_change_state(queue):
         queue.fail(request.id, "late")
 
 
-@pytest.mark.parametrize("concept,anchor,message", [
-    ("hat", None, "unknown concept"),
-    ("bag", "bag", "must differ"),
-    ("bag", "hat", "unknown anchor"),
-])
+@pytest.mark.parametrize(
+    "concept,anchor,message",
+    [
+        ("hat", None, "unknown concept"),
+        ("bag", "bag", "must differ"),
+        ("bag", "hat", "unknown anchor"),
+    ],
+)
 def test_invalid_requests_are_refused(queue, concept, anchor, message):
     with pytest.raises(RequestRefused, match=message):
         add(queue, concept, anchor)

@@ -1,4 +1,5 @@
 """Rollback and roll-forward on a real MLflow registry: exact, reversible, refused where it must be."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,11 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
     assert [(r.id, r.state) for r in queue.list()] == [(1, "done"), (2, "rolled_back"), (3, "failed")]
 
     # refused: a rejected version, a missing one, too many steps
-    for args, message in ((("--to", "4"), "never passed its quality gates"), (("--to", "9"), "version '9' does not"),
-                          (("--steps", "5"), "--steps must be between")):
+    for args, message in (
+        (("--to", "4"), "never passed its quality gates"),
+        (("--to", "9"), "version '9' does not"),
+        (("--steps", "5"), "--steps must be between"),
+    ):
         assert run_cli("rollback", *args) == 2
         assert message in capsys.readouterr().err
     assert lineage(run_cli, capsys)["2"]["aliases"] == ["production"]
@@ -86,8 +90,7 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
     assert (tmp_path / "report" / "v3-samples.png").is_file() and not (tmp_path / "report" / "samples").exists()
 
 
-def test_production_loads_through_mlflow_pyfunc_with_pinned_requirements_only(tiny_pipeline, prefect_harness,
-                                                                            tmp_path):
+def test_production_loads_through_mlflow_pyfunc_with_pinned_requirements_only(tiny_pipeline, prefect_harness, tmp_path):
     import mlflow.pyfunc
 
     run_cli = tiny_pipeline
@@ -110,8 +113,7 @@ def test_production_loads_through_mlflow_pyfunc_with_pinned_requirements_only(ti
     assert run_cli("sample", "--concept", "bag", "--n", "3", "--seed", "1", "--out", str(cli)) == 0
     assert np.array_equal(np.load(cli), images[2:])
     # every requirement is an exact pin of this project's locked tree; none is resolved by a bare name
-    locked = dict(line.split("==") for line in (PARAMS.parent / "constraints.txt").read_text().split()
-                  if "==" in line)
+    locked = dict(line.split("==") for line in (PARAMS.parent / "constraints.txt").read_text().split() if "==" in line)
     pins = dict(r.split("==") for r in requirements)
     assert all("==" in r for r in requirements) and pins and "lethe" not in pins
     assert all(locked.get(name) == version for name, version in pins.items()), (pins, requirements)
@@ -137,9 +139,18 @@ def test_registering_again_after_a_lost_answer_finds_the_same_version(tiny_pipel
 
     registry.client.create_model_version = write_then_fail
     generator = Generator.from_folder(settings.paths.base)
-    kwargs = dict(key="request-9-attempt-1", generator=generator, adapters=AdapterStack(),
-                  sampling=settings.sampling.model_dump(), run_name="retry", settings={"a": 1}, metrics={"m": 1.0},
-                  tags={"kind": "test"}, description="retried", files={})
+    kwargs = dict(
+        key="request-9-attempt-1",
+        generator=generator,
+        adapters=AdapterStack(),
+        sampling=settings.sampling.model_dump(),
+        run_name="retry",
+        settings={"a": 1},
+        metrics={"m": 1.0},
+        tags={"kind": "test"},
+        description="retried",
+        files={},
+    )
     from prefect import flow
 
     @flow(name="register-once")

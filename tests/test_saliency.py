@@ -1,4 +1,5 @@
 """Forget-loss saliency ranks the blocks a change would matter at, and top-k keeps UNet order."""
+
 import pytest
 import torch
 
@@ -26,5 +27,6 @@ def test_top_k_and_bad_candidates():
     generator = tiny_generator()
     x = torch.randn(2, 1, 16, 16)
     with pytest.raises(KeyError, match="not_a_block"):
-        block_saliency(generator, None, ["not_a_block"], x, torch.zeros(2, dtype=torch.long),
-                       torch.zeros(2, dtype=torch.long), x)
+        block_saliency(
+            generator, None, ["not_a_block"], x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), x
+        )

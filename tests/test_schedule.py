@@ -3,6 +3,7 @@
 The server and the worker are subprocesses of this test, each in its own session; every process they start is
 stopped by pid when the test is done (the process worker starts each flow run in a session of its own).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,13 @@ def _free_port() -> int:
 
 def _base_env(prefect_home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOGGING_LEVEL="INFO", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1")
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DVC_NO_ANALYTICS="1",
+    )
     return env
 
 
@@ -48,8 +54,15 @@ class Processes:
 
     def start(self, args: list[str], env: dict, log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=log.parent, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=log.parent,
+                start_new_session=True,
+            )
         self.started.append(proc)
         self.track(proc)
         return proc
@@ -103,8 +116,23 @@ def prefect_server(tmp_path_factory, processes):
     port = _free_port()
     env = _base_env(root / "home")
     env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "1"  # scheduled runs appear within seconds
-    proc = processes.start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                            "--port", str(port), "--no-ui", "--analytics-off"], env, root / "server.log")
+    proc = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env,
+        root / "server.log",
+    )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
@@ -197,8 +225,12 @@ def test_deploy_describe_and_update(api, lethe):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     with get_client(sync_client=True) as client:
-        assert len(client.read_deployments(deployment_filter=DeploymentFilter(
-            name=DeploymentFilterName(any_=["nightly"])))) == 1
+        assert (
+            len(
+                client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly"])))
+            )
+            == 1
+        )
         # paused: nothing runs by itself, and deploying again does not resume it
         client.pause_deployment(deployment_id)
         info = describe()
@@ -239,8 +271,9 @@ def test_triggered_run_goes_through_a_process_worker(api, lethe, processes, tmp_
     env = _base_env(tmp_path / "worker-home")
     env.update(PREFECT_API_URL=api, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_RUNNER_POLL_FREQUENCY="1")
     log = tmp_path / "worker.log"
-    worker = processes.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "lethe-pool",
-                              "--run-once"], env, log)
+    worker = processes.start(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "lethe-pool", "--run-once"], env, log
+    )
     deadline, exited = time.monotonic() + WORKER_TIMEOUT, None
     with get_client(sync_client=True) as client:
         while True:  # the worker exits once its run is over; the state is read from the API
@@ -252,8 +285,10 @@ def test_triggered_run_goes_through_a_process_worker(api, lethe, processes, tmp_
                 exited = exited or time.monotonic()
             if time.monotonic() > deadline or (exited and time.monotonic() > exited + 30):
                 processes.stop(worker)
-                pytest.fail(f"flow run {state.type} after {WORKER_TIMEOUT} s or 30 s after the worker exited "
-                            f"(rc {worker.returncode}):\n{_tail(log)}")
+                pytest.fail(
+                    f"flow run {state.type} after {WORKER_TIMEOUT} s or 30 s after the worker exited "
+                    f"(rc {worker.returncode}):\n{_tail(log)}"
+                )
             time.sleep(1)
         flow_run = client.read_flow_run(flow_run_id)
     assert worker.returncode == 0, _tail(log)

@@ -39,8 +39,14 @@ def test_a_missing_key_and_out_of_range_values_are_refused_with_their_paths(tmp_
     path = edited(tmp_path, lambda d: d["gates"].pop("kid_max_ratio"))
     with pytest.raises(SettingsError, match=r"gates\.kid_max_ratio: Field required"):
         load_settings(path)
-    path = edited(tmp_path, lambda d: (d["gates"].update(forget_acc_max=1.5), d["train"].update(steps=0),
-                                       d["adapter"].update(solver="dopri5")))
+    path = edited(
+        tmp_path,
+        lambda d: (
+            d["gates"].update(forget_acc_max=1.5),
+            d["train"].update(steps=0),
+            d["adapter"].update(solver="dopri5"),
+        ),
+    )
     with pytest.raises(SettingsError) as refused:
         load_settings(path)
     message = str(refused.value)
@@ -58,8 +64,15 @@ def test_values_that_only_fail_together_are_refused(tmp_path):
 
 
 def test_environment_overrides_use_one_prefix_and_are_validated_like_the_file():
-    settings = load_settings(PARAMS, {f"{ENV_PREFIX}TRAIN__STEPS": "7", f"{ENV_PREFIX}TRAIN__WEIGHTS__SMOOTH": "0",
-                                      f"{ENV_PREFIX}STORAGE__MLFLOW_URI": "http://127.0.0.1:5000", "HOME": "/x"})
+    settings = load_settings(
+        PARAMS,
+        {
+            f"{ENV_PREFIX}TRAIN__STEPS": "7",
+            f"{ENV_PREFIX}TRAIN__WEIGHTS__SMOOTH": "0",
+            f"{ENV_PREFIX}STORAGE__MLFLOW_URI": "http://127.0.0.1:5000",
+            "HOME": "/x",
+        },
+    )
     assert settings.train.steps == 7 and settings.train.weights.smooth == 0.0
     assert settings.storage.mlflow_uri == "http://127.0.0.1:5000"
     with pytest.raises(SettingsError, match="LETHE_TRAIN__STEPZ: no key 'train.stepz'"):
@@ -72,6 +85,7 @@ def test_environment_overrides_use_one_prefix_and_are_validated_like_the_file():
 
 def test_no_setting_has_a_code_default():
     """Every value comes from the file: a code default could only contradict it."""
+
     def walk(model: type, prefix: str):
         for name, field in model.model_fields.items():
             annotation = field.annotation

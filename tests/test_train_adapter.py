@@ -11,8 +11,9 @@ from tests.conftest import ode_config, small_settings, tiny_generator
 def run(generator, teacher, settings, name="request-1"):
     forget = torch.rand(6, 1, 16, 16) * 2 - 1
     retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
-    return train_adapter(generator, teacher, forget, retain, labels, "trouser", "dress", settings.adapter,
-                         settings.train, name)
+    return train_adapter(
+        generator, teacher, forget, retain, labels, "trouser", "dress", settings.adapter, settings.train, name
+    )
 
 
 def test_training_adds_one_named_adapter_and_keeps_everything_else_frozen():
@@ -67,9 +68,14 @@ def _rows_through_last_up_block(generator, train):
 
 def test_feature_space_retention_stops_retained_rows_at_the_deepest_new_adapter():
     generator = tiny_generator()
-    settings = small_settings(adapter__placement="fixed", adapter__targets=["mid_block"],
-                              train__retain_space="features", train__steps=3, train__batch_size=8,
-                              train__forget_fraction=0.25)
+    settings = small_settings(
+        adapter__placement="fixed",
+        adapter__targets=["mid_block"],
+        train__retain_space="features",
+        train__steps=3,
+        train__batch_size=8,
+        train__forget_fraction=0.25,
+    )
 
     def train():
         return run(generator, AdapterStack(), settings)

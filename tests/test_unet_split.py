@@ -1,4 +1,5 @@
 """The UNet cut in two (encoder cached, decoder trained) computes exactly what the whole UNet computes."""
+
 import pytest
 import torch
 
@@ -65,8 +66,9 @@ def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
     generator = tiny_generator()
     forget, retain = torch.rand(3, 1, 16, 16), torch.rand(6, 1, 16, 16)
     retain_labels = torch.tensor([2, 3, 4, 5, 6, 7])
-    pool = DistillTargets.build(generator, None, forget, retain, retain_labels, 1, 3, forget_rows=4,
-                                retain_rows=8, seed=0)
+    pool = DistillTargets.build(
+        generator, None, forget, retain, retain_labels, 1, 3, forget_rows=4, retain_rows=8, seed=0
+    )
     assert len(pool) == 12 and pool.n_forget == 4
     assert pool.student_labels[:4].tolist() == [1] * 4 and set(pool.student_labels[4:].tolist()) <= set(range(2, 8))
     anchor_eps, _ = generator.predict_noise(pool.xt[:4], pool.t[:4], torch.full((4,), 3))
@@ -76,8 +78,9 @@ def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
     idx = pool.draw(2, 3, torch.Generator().manual_seed(0))
     assert (idx[:2] < 4).all() and (idx[2:] >= 4).all()
     pool.cache_encoder(generator, None)
-    assert torch.allclose(generator.decode(pool.encoded)[0], generator.predict_noise(
-        pool.xt, pool.t, pool.student_labels)[0], atol=1e-6)
+    assert torch.allclose(
+        generator.decode(pool.encoded)[0], generator.predict_noise(pool.xt, pool.t, pool.student_labels)[0], atol=1e-6
+    )
 
 
 def test_a_pool_without_retain_targets_runs_the_teacher_on_forget_rows_only():

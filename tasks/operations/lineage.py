@@ -1,4 +1,5 @@
 """Lineage: the registered versions as rows (for a table, or JSON for scripts)."""
+
 from __future__ import annotations
 
 from lethe.tasks.stores.registry import PRODUCTION, Registry
@@ -23,27 +24,31 @@ def lineage(registry: Registry) -> list[dict]:
         aliases = sorted(a for a, n in alias_map.items() if str(n) == str(v.version))
         metrics = registry.client.get_run(v.run_id).data.metrics if v.run_id else {}
         tags = dict(v.tags)
-        rows.append({
-            "version": str(v.version),
-            "request_id": int(tags["request_id"]) if tags.get("request_id") else None,
-            "concept": tags.get("concept"),
-            "anchor": tags.get("anchor"),
-            "parent_version": tags.get("parent_version") or None,
-            "aliases": aliases,
-            "status": status_of(v, aliases),
-            "gate_reasons": tags.get("gate_reasons", ""),
-            "forgotten": [c for c in tags.get("forgotten", "").split(",") if c],
-            "metrics": dict(metrics),
-            "tags": tags,
-            "run_id": v.run_id,
-            "created": v.creation_timestamp,
-        })
+        rows.append(
+            {
+                "version": str(v.version),
+                "request_id": int(tags["request_id"]) if tags.get("request_id") else None,
+                "concept": tags.get("concept"),
+                "anchor": tags.get("anchor"),
+                "parent_version": tags.get("parent_version") or None,
+                "aliases": aliases,
+                "status": status_of(v, aliases),
+                "gate_reasons": tags.get("gate_reasons", ""),
+                "forgotten": [c for c in tags.get("forgotten", "").split(",") if c],
+                "metrics": dict(metrics),
+                "tags": tags,
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+            }
+        )
     return rows
 
 
 def format_lineage(rows: list[dict]) -> str:
-    header = (f"{'version':>7}  {'request':>7}  {'concept':<10} {'anchor':<10} {'parent':>6}  "
-              f"{'forget':>6} {'retain':>6} {'kid':>7}  {'status':<11} aliases")
+    header = (
+        f"{'version':>7}  {'request':>7}  {'concept':<10} {'anchor':<10} {'parent':>6}  "
+        f"{'forget':>6} {'retain':>6} {'kid':>7}  {'status':<11} aliases"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         m = r["metrics"]
@@ -51,9 +56,12 @@ def format_lineage(rows: list[dict]) -> str:
         lines.append(
             f"{r['version']:>7}  {r['request_id'] or '-':>7}  {r['concept'] or '(base)':<10} {r['anchor'] or '-':<10} "
             f"{r['parent_version'] or '-':>6}  {forget} {m.get('retain_acc_mean', 0):>6.3f} "
-            f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}")
+            f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}"
+        )
         if r["gate_reasons"]:
             lines.append(f"{'':>9}rejected: {r['gate_reasons']}")
-    lines.append("forget = worst judged accuracy over every concept forgotten so far (lower is better); "
-                 "retain = mean over retained concepts")
+    lines.append(
+        "forget = worst judged accuracy over every concept forgotten so far (lower is better); "
+        "retain = mean over retained concepts"
+    )
     return "\n".join(lines)

@@ -17,8 +17,14 @@ from mlflow.exceptions import MlflowException
 
 from lethe.tasks.stores.registry import Registry
 
-STATUS_COLOURS = {"base": "tab:gray", "production": "tab:green", "superseded": "tab:blue",
-                  "rejected": "tab:red", "rolled_back": "tab:orange", "incomplete": "black"}
+STATUS_COLOURS = {
+    "base": "tab:gray",
+    "production": "tab:green",
+    "superseded": "tab:blue",
+    "rejected": "tab:red",
+    "rolled_back": "tab:orange",
+    "incomplete": "black",
+}
 PAGE = Environment(autoescape=select_autoescape()).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>body{font-family:sans-serif;max-width:70em;margin:auto;padding:0 1em}
@@ -42,8 +48,14 @@ def lineage_plot(rows: list[dict], path: Path) -> Path:
         ax.scatter([v], [r], marker="o", color=colour, zorder=3)
         ax.scatter([v], [f], marker="x", color=colour, zorder=3)
         if row["concept"]:
-            ax.annotate(row["concept"], (v, f if f == f else 0), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7)
+            ax.annotate(
+                row["concept"],
+                (v, f if f == f else 0),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
     ax.set_xlabel("version")
     ax.set_ylabel("judged accuracy")
     ax.set_ylim(-0.05, 1.1)
@@ -58,15 +70,22 @@ def lineage_plot(rows: list[dict], path: Path) -> Path:
 
 def lineage_markdown(rows: list[dict], grids: dict[str, str]) -> str:
     """The page's Markdown: the plot, the lineage table and a section per version with its grid."""
-    md = ["# Lethe lineage", "", "![forget and retain per version](lineage.png)", "",
-          "| version | request | concept → anchor | parent | worst forget | retained | KID | status |",
-          "|---|---|---|---|---|---|---|---|"]
+    md = [
+        "# Lethe lineage",
+        "",
+        "![forget and retain per version](lineage.png)",
+        "",
+        "| version | request | concept → anchor | parent | worst forget | retained | KID | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         m = row["metrics"]
         forget = f"{m.get('forget_acc_max', 0):.3f}" if row["forgotten"] else "-"
         step = (row["concept"] or "base") + (" → " + row["anchor"] if row["anchor"] else "")
-        md.append(f"| {row['version']} | {row['request_id'] or '-'} | {step} | {row['parent_version'] or '-'} | "
-                  f"{forget} | {m.get('retain_acc_mean', 0):.3f} | {m.get('kid', 0):.3f} | {row['status']} |")
+        md.append(
+            f"| {row['version']} | {row['request_id'] or '-'} | {step} | {row['parent_version'] or '-'} | "
+            f"{forget} | {m.get('retain_acc_mean', 0):.3f} | {m.get('kid', 0):.3f} | {row['status']} |"
+        )
     md.append("")
     for row in rows:
         md += [f"## Version {row['version']} ({row['status']})", ""]

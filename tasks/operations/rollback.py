@@ -5,6 +5,7 @@ their requests move to `rolled_back` in the queue (ready to be re-queued); rolli
 After the move, production is sampled with the fingerprint seed and compared with the fingerprint recorded
 when the restored version was registered, so a restore is checked bit for bit.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -39,24 +40,36 @@ def pick_target(registry: Registry, to: str | None, steps: int | None) -> str:
         raise RollbackRefused("give exactly one of --to VERSION or --steps N")
     if steps is not None:
         if steps < 1 or steps >= len(current):
-            raise RollbackRefused(f"--steps must be between 1 and {len(current) - 1}: production {current[0]} has "
-                                  f"{len(current) - 1} step(s) above the base")
+            raise RollbackRefused(
+                f"--steps must be between 1 and {len(current) - 1}: production {current[0]} has "
+                f"{len(current) - 1} step(s) above the base"
+            )
         return current[steps]
     try:
         target = registry.version(to)
     except KeyError:
         raise RollbackRefused(f"version {to!r} does not exist") from None
     if target.tags.get("gate") != "passed":
-        raise RollbackRefused(f"version {to} never passed its quality gates "
-                              f"({target.tags.get('gate_reasons') or 'not evaluated'}); it cannot be production")
+        raise RollbackRefused(
+            f"version {to} never passed its quality gates "
+            f"({target.tags.get('gate_reasons') or 'not evaluated'}); it cannot be production"
+        )
     if str(target.version) == current[0]:
         raise RollbackRefused(f"version {to} is already production")
     return str(target.version)
 
 
-def move_production(registry: Registry, queue: RequestQueue, who: str, to: str | None, steps: int | None,
-                    reason: str, requeue: bool, fingerprint: FingerprintSettings | None,
-                    sampling: SamplingSettings) -> dict:
+def move_production(
+    registry: Registry,
+    queue: RequestQueue,
+    who: str,
+    to: str | None,
+    steps: int | None,
+    reason: str,
+    requeue: bool,
+    fingerprint: FingerprintSettings | None,
+    sampling: SamplingSettings,
+) -> dict:
     """Move production; `who` is recorded with the reason. With `fingerprint`, production's samples are
     checked against the fingerprint recorded at registration (None skips the check)."""
     target = pick_target(registry, to, steps)
@@ -67,12 +80,21 @@ def move_production(registry: Registry, queue: RequestQueue, who: str, to: str |
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     why = reason or "(no reason given)"
     registry.promote(target)
-    registry.set_tags(target, {"promoted_at": when, "promoted_by": who, "promoted_reason": why,
-                               "promoted_from": before[0]})
+    registry.set_tags(
+        target, {"promoted_at": when, "promoted_by": who, "promoted_reason": why, "promoted_from": before[0]}
+    )
     requests = {"rolled_back": [], "restored": [], "requeued": []}
     for version in undone:
-        registry.set_tags(version, {"rolled_back": "true", "rolled_back_at": when, "rolled_back_by": who,
-                                    "rolled_back_reason": why, "rolled_back_to": target})
+        registry.set_tags(
+            version,
+            {
+                "rolled_back": "true",
+                "rolled_back_at": when,
+                "rolled_back_by": who,
+                "rolled_back_reason": why,
+                "rolled_back_to": target,
+            },
+        )
         request_id = registry.version(version).tags.get("request_id")
         if request_id and queue.get(int(request_id)).state == "done":
             queue.mark_rolled_back(int(request_id), f"rolled back to version {target}: {why}")
@@ -87,8 +109,17 @@ def move_production(registry: Registry, queue: RequestQueue, who: str, to: str |
         for request_id in requests["rolled_back"]:
             queue.requeue(request_id)
             requests["requeued"].append(request_id)
-    result = {"from": before[0], "to": target, "undone": undone, "redone": redone, "requests": requests,
-              "who": who, "when": when, "reason": why, "verified": None}
+    result = {
+        "from": before[0],
+        "to": target,
+        "undone": undone,
+        "redone": redone,
+        "requests": requests,
+        "who": who,
+        "when": when,
+        "reason": why,
+        "verified": None,
+    }
     recorded = registry.version(target).tags.get("sample_sha256")
     if fingerprint is not None and recorded:
         generator, adapters = registry.load(target)

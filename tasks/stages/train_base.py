@@ -1,4 +1,5 @@
 """dvc stage `train_base`: the base class-conditional diffusion generator (with EMA weights)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,17 +16,20 @@ from lethe.tasks.stages.entry import stage_settings, write_curve, write_metrics
 from lethe.tasks.stores.prepared_splits import BalancedBatches, load_split
 
 
-def train_base(images: torch.Tensor, labels: torch.Tensor, recipe: BaseTrainingSettings,
-               image_size: int) -> tuple[Generator, dict, list[dict]]:
+def train_base(
+    images: torch.Tensor, labels: torch.Tensor, recipe: BaseTrainingSettings, image_size: int
+) -> tuple[Generator, dict, list[dict]]:
     """The EMA generator, its metrics and its training curve (mean loss every `recipe.log_every` steps)."""
     torch.manual_seed(recipe.seed)
-    unet = build_unet(image_size, images.shape[1], len(CONCEPTS), recipe.block_channels, recipe.layers_per_block,
-                      recipe.norm_groups)
+    unet = build_unet(
+        image_size, images.shape[1], len(CONCEPTS), recipe.block_channels, recipe.layers_per_block, recipe.norm_groups
+    )
     scheduler = build_scheduler(recipe.train_timesteps, recipe.beta_schedule)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.lr, total_steps=recipe.steps,
-                                                      pct_start=recipe.warmup_fraction)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, recipe.lr, total_steps=recipe.steps, pct_start=recipe.warmup_fraction
+    )
     batches = BalancedBatches(labels, recipe.seed)
     null_label = len(CONCEPTS)
     start, running, curve = time.time(), 0.0, []
@@ -46,12 +50,17 @@ def train_base(images: torch.Tensor, labels: torch.Tensor, recipe: BaseTrainingS
         running += loss.item()
         if step % recipe.log_every == 0:
             curve.append({"step": step, "loss": round(running / recipe.log_every, 5)})
-            print(f"train_base step {step}/{recipe.steps} loss {curve[-1]['loss']:.4f} "
-                  f"({time.time() - start:.0f}s)", flush=True)
+            print(
+                f"train_base step {step}/{recipe.steps} loss {curve[-1]['loss']:.4f} ({time.time() - start:.0f}s)",
+                flush=True,
+            )
             running = 0.0
     generator = Generator(ema, scheduler, list(CONCEPTS)).eval()
-    metrics = {"final_loss": round(loss.item(), 5), "parameters": sum(p.numel() for p in ema.parameters()),
-               "train_seconds": round(time.time() - start, 1)}
+    metrics = {
+        "final_loss": round(loss.item(), 5),
+        "parameters": sum(p.numel() for p in ema.parameters()),
+        "train_seconds": round(time.time() - start, 1),
+    }
     return generator, metrics, curve
 
 

@@ -1,4 +1,5 @@
 """dvc stage `train_judge`: the CNN that names concepts, scored on the real test split."""
+
 from __future__ import annotations
 
 import json
@@ -52,13 +53,14 @@ def train_judge(images, labels, recipe: JudgeTrainingSettings, image_size: int) 
 
 if __name__ == "__main__":
     settings = stage_settings(__doc__)
-    judge, curve = train_judge(*load_split("train", settings.paths.prepared), settings.judge,
-                               settings.data.image_size)
+    judge, curve = train_judge(*load_split("train", settings.paths.prepared), settings.judge, settings.data.image_size)
     judge.save(settings.paths.judge)
     test_images, test_labels = load_split("test", settings.paths.prepared)
     per_concept = accuracy_per_concept(judge, test_images, test_labels)
-    metrics = {"test_accuracy_mean": round(sum(per_concept) / len(per_concept), 4),
-               "test_accuracy": {c: round(a, 4) for c, a in zip(CONCEPTS, per_concept)}}
+    metrics = {
+        "test_accuracy_mean": round(sum(per_concept) / len(per_concept), 4),
+        "test_accuracy": {c: round(a, 4) for c, a in zip(CONCEPTS, per_concept)},
+    }
     write_metrics(settings.paths.metrics / "judge.json", metrics)
     write_curve(settings.paths.metrics / "train_judge_curve.csv", curve)
     print(json.dumps(metrics))

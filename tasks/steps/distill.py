@@ -5,6 +5,7 @@ the teacher renders those as their anchors, so distilling onto them keeps them f
 given, it is the retained concept the judge most often sees in the teacher's samples of the concept (the
 nearest retained concept under the teacher).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,13 +38,22 @@ class ReplaySets:
 def nearest_retained(judge: Judge, images: torch.Tensor, candidates: list[str]) -> str:
     """The candidate with the highest mean judge probability on `images`."""
     with torch.no_grad():
-        probs = torch.cat([judge(images[i:i + 512]).softmax(1) for i in range(0, len(images), 512)]).mean(0)
+        probs = torch.cat([judge(images[i : i + 512]).softmax(1) for i in range(0, len(images), 512)]).mean(0)
     scores = {c: float(probs[judge.concepts.index(c)]) for c in candidates}
     return max(scores, key=scores.get)
 
 
-def distill(generator: Generator, teacher: AdapterStack, judge: Judge, concept: str, anchor: str | None,
-            forgotten: list[str], replay: DistillSettings, sampling: SamplingSettings, progress=None) -> ReplaySets:
+def distill(
+    generator: Generator,
+    teacher: AdapterStack,
+    judge: Judge,
+    concept: str,
+    anchor: str | None,
+    forgotten: list[str],
+    replay: DistillSettings,
+    sampling: SamplingSettings,
+    progress=None,
+) -> ReplaySets:
     """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept."""
     n, seed = replay.replay_per_concept, replay.seed
     steps, batch = sampling.steps, sampling.batch_size
@@ -54,8 +64,9 @@ def distill(generator: Generator, teacher: AdapterStack, judge: Judge, concept: 
             raise ValueError("no retained concept is left to serve as an anchor")
         anchor = nearest_retained(judge, forget_images, candidates)
     retained = [c for c in generator.concepts if c != concept]
-    retain_images, retain_labels = sample(generator, retained, n, seed, steps, teacher, sampling.guidance, batch,
-                                          progress=progress)
+    retain_images, retain_labels = sample(
+        generator, retained, n, seed, steps, teacher, sampling.guidance, batch, progress=progress
+    )
     return ReplaySets(forget_images, retain_images, retain_labels, anchor)
 
 

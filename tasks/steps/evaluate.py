@@ -5,6 +5,7 @@ the same starting noise. For a forgotten concept the judged accuracy is its *for
 better); for the others it is retain accuracy. KID compares judge features of the retained concepts' samples
 with real test images of those concepts (Inception weights cannot be downloaded here).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,13 @@ def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int,
     return float(mean)
 
 
-def generate_samples(generator: Generator, adapters: AdapterStack | None, evaluation: EvalSettings,
-                     sampling: SamplingSettings, progress=None):
+def generate_samples(
+    generator: Generator,
+    adapters: AdapterStack | None,
+    evaluation: EvalSettings,
+    sampling: SamplingSettings,
+    progress=None,
+):
     """The expensive half: every concept sampled with the eval seed (on CUDA when available)."""
     ev, sp = evaluation, sampling
     device = pick_device(ev.device)
@@ -57,29 +63,54 @@ def generate_samples(generator: Generator, adapters: AdapterStack | None, evalua
     for m in modules:
         m.to(device)
     try:
-        return sample(generator, generator.concepts, ev.samples_per_concept, ev.seed, sp.steps, adapters,
-                      sp.guidance, sp.batch_size, device, progress)
+        return sample(
+            generator,
+            generator.concepts,
+            ev.samples_per_concept,
+            ev.seed,
+            sp.steps,
+            adapters,
+            sp.guidance,
+            sp.batch_size,
+            device,
+            progress,
+        )
     finally:
         for m in modules:
             m.to("cpu")
 
 
-def score(images: torch.Tensor, labels: torch.Tensor, judge: Judge, forgotten: list[str],
-          real_images: torch.Tensor, real_labels: torch.Tensor, evaluation: EvalSettings,
-          sampling: SamplingSettings) -> dict:
+def score(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    judge: Judge,
+    forgotten: list[str],
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    evaluation: EvalSettings,
+    sampling: SamplingSettings,
+) -> dict:
     """The cheap half: judged accuracy per concept, forget/retain summaries and KID for a forgotten list."""
     device = pick_device(evaluation.device)
     concepts = judge.concepts
     judge.to(device)
     try:
         predicted = judge.classify(images)
-        accuracy = {c: float((predicted[labels == i] == i).float().mean()) for i, c in enumerate(concepts)
-                    if (labels == i).any()}
+        accuracy = {
+            c: float((predicted[labels == i] == i).float().mean())
+            for i, c in enumerate(concepts)
+            if (labels == i).any()
+        }
         retained = [c for c in accuracy if c not in forgotten]
         retained_ids = torch.tensor([concepts.index(c) for c in retained])
-        kid = kid_score(judge, real_images[torch.isin(real_labels, retained_ids)],
-                        images[torch.isin(labels, retained_ids)], evaluation.kid_subset, evaluation.kid_subsets,
-                        device)
+        kid = kid_score(
+            judge,
+            real_images[torch.isin(real_labels, retained_ids)],
+            images[torch.isin(labels, retained_ids)],
+            evaluation.kid_subset,
+            evaluation.kid_subsets,
+            device,
+        )
     finally:
         judge.to("cpu")
     forget_accs = [accuracy[c] for c in forgotten]

@@ -11,8 +11,17 @@ from lethe.models.sampler import sample
 from lethe.tasks.settings import FingerprintSettings, SamplingSettings
 
 
-def sample_fingerprint(generator: Generator, adapters: AdapterStack | None, fingerprint: FingerprintSettings,
-                       sampling: SamplingSettings) -> str:
-    images, _ = sample(generator, generator.concepts, fingerprint.per_concept, fingerprint.seed, sampling.steps,
-                       adapters, sampling.guidance, sampling.batch_size)
+def sample_fingerprint(
+    generator: Generator, adapters: AdapterStack | None, fingerprint: FingerprintSettings, sampling: SamplingSettings
+) -> str:
+    images, _ = sample(
+        generator,
+        generator.concepts,
+        fingerprint.per_concept,
+        fingerprint.seed,
+        sampling.steps,
+        adapters,
+        sampling.guidance,
+        sampling.batch_size,
+    )
     return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()

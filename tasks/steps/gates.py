@@ -1,4 +1,5 @@
 """Quality gates: a new version may become production only if it forgets, retains and still looks right."""
+
 from __future__ import annotations
 
 from lethe.tasks.settings import GateSettings
@@ -13,10 +14,14 @@ def check_gates(after: dict, before: dict, gates: GateSettings) -> list[str]:
             reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {gates.forget_acc_max}")
     ratio = after["retain_acc_mean"] / max(before["retain_acc_mean"], 1e-9)
     if ratio < gates.retain_ratio_min:
-        reasons.append(f"retained accuracy fell to {ratio:.3f} of the parent's "
-                       f"({before['retain_acc_mean']:.3f} -> {after['retain_acc_mean']:.3f}) "
-                       f"< {gates.retain_ratio_min}")
+        reasons.append(
+            f"retained accuracy fell to {ratio:.3f} of the parent's "
+            f"({before['retain_acc_mean']:.3f} -> {after['retain_acc_mean']:.3f}) "
+            f"< {gates.retain_ratio_min}"
+        )
     if after["kid"] > gates.kid_max_ratio * max(before["kid"], 0.0):
-        reasons.append(f"KID on retained concepts rose from {before['kid']:.4f} to {after['kid']:.4f}, "
-                       f"more than {gates.kid_max_ratio}x the parent's")
+        reasons.append(
+            f"KID on retained concepts rose from {before['kid']:.4f} to {after['kid']:.4f}, "
+            f"more than {gates.kid_max_ratio}x the parent's"
+        )
     return reasons

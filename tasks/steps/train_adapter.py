@@ -12,6 +12,7 @@ the new adapters rewrite (`features`, the default): below a new adapter the stud
 keeping those features is keeping the teacher's output. A step then runs the whole batch down to the
 deepest new adapter's decoder stage and only the forget rows through the rest (see DECISIONS.md).
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,26 +50,53 @@ def batch_split(train: TrainSettings) -> tuple[int, int]:
     return n_forget, train.batch_size - n_forget
 
 
-def build_targets(generator: Generator, teacher: AdapterStack, forget_images, retain_images, retain_labels,
-                  concept: str, anchor: str, train: TrainSettings, retain_targets: bool = True) -> DistillTargets:
+def build_targets(
+    generator: Generator,
+    teacher: AdapterStack,
+    forget_images,
+    retain_images,
+    retain_labels,
+    concept: str,
+    anchor: str,
+    train: TrainSettings,
+    retain_targets: bool = True,
+) -> DistillTargets:
     """The pool of distillation rows every method of a step trains on (`train.pool_rows`, split like a batch);
     without `retain_targets`, the teacher's predictions for retained rows are skipped."""
     concept_label, anchor_label = generator.labels([concept, anchor])
     n_forget, _ = batch_split(train)
     forget_rows = max(1, round(train.pool_rows * n_forget / train.batch_size))
-    return DistillTargets.build(generator, teacher, forget_images, retain_images, retain_labels, concept_label,
-                                anchor_label, forget_rows, max(1, train.pool_rows - forget_rows), train.seed,
-                                retain_targets=retain_targets)
+    return DistillTargets.build(
+        generator,
+        teacher,
+        forget_images,
+        retain_images,
+        retain_labels,
+        concept_label,
+        anchor_label,
+        forget_rows,
+        max(1, train.pool_rows - forget_rows),
+        train.seed,
+        retain_targets=retain_targets,
+    )
 
 
-def choose_targets(generator: Generator, teacher: AdapterStack, targets: DistillTargets,
-                   adapter: AdapterSettings) -> tuple[list[str], dict[str, float]]:
+def choose_targets(
+    generator: Generator, teacher: AdapterStack, targets: DistillTargets, adapter: AdapterSettings
+) -> tuple[list[str], dict[str, float]]:
     """The modules that get this request's adapter, and the saliency scores behind the choice."""
     if adapter.placement == "fixed":
         return list(adapter.targets), {}
     idx = torch.arange(min(adapter.saliency_rows, targets.n_forget))
-    scores = block_saliency(generator, teacher, list(adapter.candidates), targets.xt[idx], targets.t[idx],
-                            targets.student_labels[idx], targets.teacher_eps[idx])
+    scores = block_saliency(
+        generator,
+        teacher,
+        list(adapter.candidates),
+        targets.xt[idx],
+        targets.t[idx],
+        targets.student_labels[idx],
+        targets.teacher_eps[idx],
+    )
     return top_k(scores, adapter.k), scores
 
 
@@ -76,8 +104,9 @@ def ode_config(adapter: AdapterSettings) -> ODEConfig:
     return ODEConfig(adapter.solver, adapter.horizon, adapter.step_size, adapter.hidden, adapter.sampling_steps)
 
 
-def new_student(generator: Generator, teacher: AdapterStack, adapter: AdapterSettings, name: str,
-                targets: list[str]) -> AdapterStack:
+def new_student(
+    generator: Generator, teacher: AdapterStack, adapter: AdapterSettings, name: str, targets: list[str]
+) -> AdapterStack:
     """The teacher's stack, frozen, plus the adapter `name`: one fresh (identity) field per target."""
     student = copy.deepcopy(teacher)
     student.freeze()
@@ -86,17 +115,36 @@ def new_student(generator: Generator, teacher: AdapterStack, adapter: AdapterSet
     return student
 
 
-def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: torch.Tensor,
-                  retain_images: torch.Tensor, retain_labels: torch.Tensor, concept: str, anchor: str,
-                  adapter: AdapterSettings, train: TrainSettings, name: str, progress=None) -> TrainResult:
+def train_adapter(
+    generator: Generator,
+    teacher: AdapterStack,
+    forget_images: torch.Tensor,
+    retain_images: torch.Tensor,
+    retain_labels: torch.Tensor,
+    concept: str,
+    anchor: str,
+    adapter: AdapterSettings,
+    train: TrainSettings,
+    name: str,
+    progress=None,
+) -> TrainResult:
     """Train the adapter `name` (the request's stable name in the stack) on top of `teacher`."""
     weights = train.weights
     start = time.time()
     torch.manual_seed(train.seed)
     rng = torch.Generator().manual_seed(train.seed)
     generator.requires_grad_(False)
-    pool = build_targets(generator, teacher, forget_images, retain_images, retain_labels, concept, anchor, train,
-                         retain_targets=train.retain_space == "eps")
+    pool = build_targets(
+        generator,
+        teacher,
+        forget_images,
+        retain_images,
+        retain_labels,
+        concept,
+        anchor,
+        train,
+        retain_targets=train.retain_space == "eps",
+    )
     targets, saliency = choose_targets(generator, teacher, pool, adapter)
     if splittable(generator.unet) and all(in_decoder(t) for t in targets):
         pool.cache_encoder(generator, teacher)  # the student's encoder is the teacher's: frozen
@@ -110,10 +158,17 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
     retain_rows = torch.arange(n_forget, n_forget + n_retain)
     history = []
     # features: retained rows only need the decoder down to the deepest new field (the encoder is cached)
-    stop = last_stage(generator.unet, targets) if pool.encoded is not None and train.retain_space == "features" else None
+    stop = (
+        last_stage(generator.unet, targets) if pool.encoded is not None and train.retain_space == "features" else None
+    )
     retain_weight = weights.retain_features if train.retain_space == "features" else weights.retain
-    weight_of = {"forget": weights.forget, "retain": retain_weight, "smooth": weights.smooth,
-                 "start": weights.start, "drift": weights.drift}
+    weight_of = {
+        "forget": weights.forget,
+        "retain": retain_weight,
+        "smooth": weights.smooth,
+        "start": weights.start,
+        "drift": weights.drift,
+    }
     for step in range(1, train.steps + 1):
         idx = pool.draw(n_forget, n_retain, rng)
         target = pool.teacher_eps[idx]
@@ -123,8 +178,9 @@ def train_adapter(generator: Generator, teacher: AdapterStack, forget_images: to
         elif pool.encoded is not None:
             student_eps, paths = generator.decode(pool.encoded.rows(idx), student, record=(name,))
         else:
-            student_eps, paths = generator.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx],
-                                                         student, record=(name,))
+            student_eps, paths = generator.predict_noise(
+                pool.xt[idx], pool.t[idx], pool.student_labels[idx], student, record=(name,)
+            )
         if train.retain_space == "features":
             retain = sum(feature_retention(paths[k], retain_rows) for k in keys)
         else:

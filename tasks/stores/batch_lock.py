@@ -1,4 +1,5 @@
 """One batch at a time per workspace: an exclusive file lock, released by the OS if the process dies."""
+
 from __future__ import annotations
 
 import fcntl
@@ -19,8 +20,9 @@ def batch_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise BatchAlreadyRunning(f"another batch holds {path} ({handle.read().strip() or 'unknown pid'}); "
-                                      "wait for it to finish") from None
+            raise BatchAlreadyRunning(
+                f"another batch holds {path} ({handle.read().strip() or 'unknown pid'}); wait for it to finish"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")

@@ -1,11 +1,11 @@
 """Read the `prepare` stage's tensors and draw class-balanced batches from them."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-
 
 
 def load_split(split: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:

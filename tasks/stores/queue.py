@@ -7,6 +7,7 @@ Requests are taken strictly in id order, one at a time, and every transition is 
 leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
 before a new batch starts. Invalid requests are refused when they are added, with the reason.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -95,8 +96,14 @@ class RequestQueue:
     def _row(row) -> Request:
         return Request(**{k: row[k] for k in row.keys()})
 
-    def add(self, concept: str, anchor: str | None = None, note: str = "",
-            known: Iterable[str] = (), forgotten: Iterable[str] = ()) -> Request:
+    def add(
+        self,
+        concept: str,
+        anchor: str | None = None,
+        note: str = "",
+        known: Iterable[str] = (),
+        forgotten: Iterable[str] = (),
+    ) -> Request:
         """Enqueue a request after checking it against the known and already-forgotten concepts."""
         known, forgotten = list(known), set(forgotten)
         if known and concept not in known:
@@ -109,15 +116,20 @@ class RequestQueue:
             if anchor in forgotten:
                 raise RequestRefused(f"anchor {anchor!r} has been forgotten already; pick a retained concept")
         with self._transaction() as db:
-            if concept in forgotten or db.execute("SELECT 1 FROM requests WHERE concept = ? AND state = ?",
-                                                  (concept, DONE)).fetchone():
+            if (
+                concept in forgotten
+                or db.execute("SELECT 1 FROM requests WHERE concept = ? AND state = ?", (concept, DONE)).fetchone()
+            ):
                 raise RequestRefused(f"concept {concept!r} is already forgotten by the production model")
-            open_request = db.execute("SELECT id FROM requests WHERE concept = ? AND state IN (?, ?)",
-                                      (concept, PENDING, RUNNING)).fetchone()
+            open_request = db.execute(
+                "SELECT id FROM requests WHERE concept = ? AND state IN (?, ?)", (concept, PENDING, RUNNING)
+            ).fetchone()
             if open_request:
                 raise RequestRefused(f"concept {concept!r} is already queued as request {open_request['id']}")
-            cursor = db.execute("INSERT INTO requests (concept, anchor, note, created_at) VALUES (?, ?, ?, ?)",
-                                (concept, anchor, note, _now()))
+            cursor = db.execute(
+                "INSERT INTO requests (concept, anchor, note, created_at) VALUES (?, ?, ?, ?)",
+                (concept, anchor, note, _now()),
+            )
             return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
 
     def get(self, request_id: int) -> Request:
@@ -145,8 +157,10 @@ class RequestQueue:
             row = db.execute("SELECT * FROM requests WHERE state = ? ORDER BY id LIMIT 1", (PENDING,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE requests SET state = ?, started_at = ?, attempts = attempts + 1 WHERE id = ?",
-                       (RUNNING, _now(), row["id"]))
+            db.execute(
+                "UPDATE requests SET state = ?, started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                (RUNNING, _now(), row["id"]),
+            )
             return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (row["id"],)).fetchone())
 
     def _finish(self, request_id: int, state: str, version: str | None, reasons: str, anchor: str | None) -> Request:
@@ -156,9 +170,11 @@ class RequestQueue:
                 raise KeyError(f"no request with id {request_id}")
             if row["state"] != RUNNING:
                 raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
-            db.execute("UPDATE requests SET state = ?, finished_at = ?, version = ?, reasons = ?, "
-                       "anchor = COALESCE(?, anchor) WHERE id = ?",
-                       (state, _now(), version, reasons, anchor, request_id))
+            db.execute(
+                "UPDATE requests SET state = ?, finished_at = ?, version = ?, reasons = ?, "
+                "anchor = COALESCE(?, anchor) WHERE id = ?",
+                (state, _now(), version, reasons, anchor, request_id),
+            )
         return self.get(request_id)
 
     def complete(self, request_id: int, version: str, anchor: str | None = None) -> Request:
@@ -173,8 +189,9 @@ class RequestQueue:
             if row is None:
                 raise KeyError(f"no request with id {request_id}")
             if row["state"] not in allowed:
-                raise InvalidTransition(f"request {request_id} is {row['state']}; only {' or '.join(allowed)} "
-                                        f"requests can become {state}")
+                raise InvalidTransition(
+                    f"request {request_id} is {row['state']}; only {' or '.join(allowed)} requests can become {state}"
+                )
             sets = ", ".join(f"{k} = ?" for k in ("state", *fields))
             db.execute(f"UPDATE requests SET {sets} WHERE id = ?", (state, *fields.values(), request_id))
         return self.get(request_id)
@@ -191,8 +208,10 @@ class RequestQueue:
         request = self.get(request_id)
         clash = [r for r in self.list([PENDING, RUNNING, DONE]) if r.concept == request.concept]
         if clash:
-            raise RequestRefused(f"request {clash[0].id} for {request.concept!r} is {clash[0].state}; "
-                                 f"not re-queueing request {request_id}")
+            raise RequestRefused(
+                f"request {clash[0].id} for {request.concept!r} is {clash[0].state}; "
+                f"not re-queueing request {request_id}"
+            )
         return self._move(request_id, (FAILED, ROLLED_BACK), PENDING, started_at=None, finished_at=None)
 
     def recover(self) -> list[int]:

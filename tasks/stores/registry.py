@@ -39,8 +39,14 @@ PRODUCTION = "production"
 REGISTRATION_KEY = "registration_key"
 MODELS_CODE = Path(__file__).resolve().parents[2] / "models"  # the lethe.models package, wherever installed
 # What loading a version needs, pinned (constraints.txt); nothing resolved by a bare name.
-PIP_REQUIREMENTS = ["torch==2.13.0", "diffusers==0.42.1", "torchdiffeq==0.2.5", "safetensors==0.8.0",
-                    "numpy==2.4.6", "pandas==3.1.1"]
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "diffusers==0.42.1",
+    "torchdiffeq==0.2.5",
+    "safetensors==0.8.0",
+    "numpy==2.4.6",
+    "pandas==3.1.1",
+]
 
 
 def flatten(prefix: str, values: dict) -> dict:
@@ -86,7 +92,8 @@ class Registry:
         except MlflowException:
             self.client.create_registered_model(
                 self.model_name,
-                description="Lethe: a base diffusion generator plus one ODE adapter per deletion request.")
+                description="Lethe: a base diffusion generator plus one ODE adapter per deletion request.",
+            )
 
     # -- reading ---------------------------------------------------------------------------------------------
     def versions(self) -> list:
@@ -107,8 +114,7 @@ class Registry:
 
     def by_key(self, key: str):
         """The version registered under `key`, or None."""
-        found = self.client.search_model_versions(
-            f"name = '{self.model_name}' and tags.{REGISTRATION_KEY} = '{key}'")
+        found = self.client.search_model_versions(f"name = '{self.model_name}' and tags.{REGISTRATION_KEY} = '{key}'")
         return min(found, key=lambda v: int(v.version)) if found else None
 
     def pyfunc(self, version: str | int):
@@ -117,8 +123,9 @@ class Registry:
         if not (folder / "MLmodel").is_file():
             source = self.client.get_model_version_download_uri(self.model_name, str(self.version(version).version))
             tmp = Path(tempfile.mkdtemp(dir=self.workspace.root, prefix=".download-"))
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
-                                                        tracking_uri=self.workspace.mlflow_uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(tmp), tracking_uri=self.workspace.mlflow_uri
+            )
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(folder, ignore_errors=True)
             Path(local).replace(folder)
@@ -131,9 +138,20 @@ class Registry:
         return model.generator, model.adapters
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def register(self, key: str, generator: Generator, adapters: AdapterStack, sampling: dict, run_name: str,
-                 settings: dict, metrics: dict, tags: dict, description: str, files: dict[str, Path],
-                 datasets: dict[str, tuple[Path, str]] | None = None) -> str:
+    def register(
+        self,
+        key: str,
+        generator: Generator,
+        adapters: AdapterStack,
+        sampling: dict,
+        run_name: str,
+        settings: dict,
+        metrics: dict,
+        tags: dict,
+        description: str,
+        files: dict[str, Path],
+        datasets: dict[str, tuple[Path, str]] | None = None,
+    ) -> str:
         """Log a run with the model and create a registry version carrying `tags`; returns the version.
 
         `key` makes it idempotent: an existing version with that key is returned as it is, and a finished
@@ -142,21 +160,23 @@ class Registry:
         existing = self.by_key(key)
         if existing is not None:
             return str(existing.version)
-        run_id = self._finished_run(key) or self._log_run(key, generator, adapters, sampling, run_name, settings,
-                                                           metrics, tags, files, datasets or {})
+        run_id = self._finished_run(key) or self._log_run(
+            key, generator, adapters, sampling, run_name, settings, metrics, tags, files, datasets or {}
+        )
         version_tags = {k: str(v) for k, v in tags.items()} | {REGISTRATION_KEY: key}
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
-        version = self.client.create_model_version(self.model_name, source, run_id=run_id, tags=version_tags,
-                                                   description=description)
+        version = self.client.create_model_version(
+            self.model_name, source, run_id=run_id, tags=version_tags, description=description
+        )
         return str(version.version)
 
     def _finished_run(self, key: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id],
-                                       f"tags.{REGISTRATION_KEY} = '{key}' and attributes.status = 'FINISHED'")
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.{REGISTRATION_KEY} = '{key}' and attributes.status = 'FINISHED'"
+        )
         return runs[0].info.run_id if runs else None
 
-    def _log_run(self, key, generator, adapters, sampling, run_name, settings, metrics, tags, files,
-                 datasets) -> str:
+    def _log_run(self, key, generator, adapters, sampling, run_name, settings, metrics, tags, files, datasets) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={REGISTRATION_KEY: key})
         run_id = run.info.run_id
         try:
@@ -165,13 +185,20 @@ class Registry:
                 run_id,
                 metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                 params=[Param(k, str(v)[:6000]) for k, v in flatten("", settings).items()],
-                tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            )
             self.client.log_dict(run_id, settings, "settings.json")
             if datasets:
-                self.client.log_inputs(run_id, datasets=[
-                    DatasetInput(MetaDataset(local_source(path), name=context, digest=digest)._to_mlflow_entity(),
-                                 tags=[InputTag("mlflow.data.context", context)])
-                    for context, (path, digest) in datasets.items()])
+                self.client.log_inputs(
+                    run_id,
+                    datasets=[
+                        DatasetInput(
+                            MetaDataset(local_source(path), name=context, digest=digest)._to_mlflow_entity(),
+                            tags=[InputTag("mlflow.data.context", context)],
+                        )
+                        for context, (path, digest) in datasets.items()
+                    ],
+                )
             for name, path in files.items():
                 self.client.log_artifact(run_id, str(path), name)
             with tempfile.TemporaryDirectory() as tmp:
@@ -180,12 +207,18 @@ class Registry:
                 adapters.save(tmp / "adapters")
                 (tmp / "sampling.json").write_text(json.dumps(sampling))
                 mlflow.pyfunc.save_model(
-                    path=str(tmp / "model"), python_model=serving_model.__file__,
-                    artifacts={"generator": str(tmp / "generator"), "adapters": str(tmp / "adapters"),
-                               "sampling": str(tmp / "sampling.json")},
-                    code_paths=[str(models_code_path(tmp / "code"))], signature=serving_model.SIGNATURE,
+                    path=str(tmp / "model"),
+                    python_model=serving_model.__file__,
+                    artifacts={
+                        "generator": str(tmp / "generator"),
+                        "adapters": str(tmp / "adapters"),
+                        "sampling": str(tmp / "sampling.json"),
+                    },
+                    code_paths=[str(models_code_path(tmp / "code"))],
+                    signature=serving_model.SIGNATURE,
                     input_example=serving_model.input_example(generator.concepts[0]),
-                    pip_requirements=PIP_REQUIREMENTS)
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
                 self.client.log_artifacts(run_id, str(tmp / "model"), "model")
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")

@@ -4,15 +4,16 @@ The workspace's `datasets/` folder is a DVC repository without git (`dvc init --
 never overwritten (a retried request gets a new attempt folder), so every hash recorded in MLflow stays
 restorable with `dvc pull`, byte for byte, from the remote (a local folder by default, S3 by configuration).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-import yaml
 from safetensors.torch import save_file
 
 REMOTE_NAME = "storage"

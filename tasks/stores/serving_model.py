@@ -19,8 +19,9 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "concept"), ColSpec("long", "n", required=False),
-                   ColSpec("long", "seed", required=False)]),
+    inputs=Schema(
+        [ColSpec("string", "concept"), ColSpec("long", "n", required=False), ColSpec("long", "seed", required=False)]
+    ),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]),
 )
 
@@ -48,9 +49,16 @@ class LetheModel(mlflow.pyfunc.PythonModel):
         for row in rows:
             n = row.get("n")
             seed = row.get("seed")
-            images, _ = sample(self.generator, [row["concept"]], 1 if n is None or n != n else int(n),
-                               0 if seed is None or seed != seed else int(seed), self.sampling["steps"],
-                               self.adapters, self.sampling["guidance"], self.sampling["batch_size"])
+            images, _ = sample(
+                self.generator,
+                [row["concept"]],
+                1 if n is None or n != n else int(n),
+                0 if seed is None or seed != seed else int(seed),
+                self.sampling["steps"],
+                self.adapters,
+                self.sampling["guidance"],
+                self.sampling["batch_size"],
+            )
             out.append(images.numpy())
         return np.concatenate(out)
 
