@@ -1,6 +1,6 @@
 """Benchmark report: turns the JSON written by the benchmark scripts into PNG plots and Markdown tables.
 
-    python benchmarks/report.py [--results DIR] [--markdown OUT.md]
+    python benchmarks/render_tables.py [--results DIR] [--markdown OUT.md]
 
 Reads (each optional, a missing file skips its section) DIR/continual.json, DIR/continual-10.json,
 DIR/sweep.json and DIR/ablation.json, writes plots under DIR/plots/ and prints the Markdown for BENCHMARKS.md

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +54,9 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
         "forget": tags["forget_md5"],
         "retain": tags["retain_md5"],
     }
-    logged = json.loads(open(registry.client.download_artifacts(step.run_id, "settings.json", str(workspace))).read())
+    logged = json.loads(
+        Path(registry.client.download_artifacts(step.run_id, "settings.json", str(workspace))).read_text()
+    )
     assert logged == json.loads(settings.model_dump_json())
 
     # the queue agrees
@@ -103,6 +106,21 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     # a second request for the same concept is refused
     assert run_cli("request", "add", "trouser") == 2
     assert "already forgotten" in capsys.readouterr().err
+
+    # a moved workspace still works: tags are relative, the DVC remote follows the workspace's settings
+    moved = workspace.parent / "moved-ws"
+    shutil.move(str(workspace), moved)
+    capsys.readouterr()
+    assert run_cli("--workspace", str(moved), "show", "2") == 0  # (global flag after --params)
+    shown = capsys.readouterr().out
+    assert f"cd {moved / 'datasets'} && dvc pull request-00001/attempt-1/forget.safetensors" in shown
+    moved_ws = Workspace.open(settings.override({"paths.workspace": str(moved)}))
+    forget = moved_ws.absolute(tags["forget_path"])
+    original = forget.read_bytes()
+    forget.unlink()
+    shutil.rmtree(moved_ws.dvc_root / ".dvc" / "cache")
+    DatasetStore(moved_ws.dvc_root, moved_ws.dvc_remote).restore(forget)
+    assert forget.read_bytes() == original
 
 
 def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, prefect_harness, capsys):

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import lethe.models
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.generator import Generator
 from lethe.tasks.settings import RegistrySettings
@@ -37,7 +38,8 @@ from lethe.tasks.workspace import Workspace
 
 PRODUCTION = "production"
 REGISTRATION_KEY = "registration_key"
-MODELS_CODE = Path(__file__).resolve().parents[2] / "models"  # the lethe.models package, wherever installed
+BATCH_LIMIT = 100  # params per MLflow log_batch call
+MODELS_CODE = Path(lethe.models.__file__).resolve().parent  # the lethe.models package, wherever it is installed
 # What loading a version needs, pinned (constraints.txt); nothing resolved by a bare name.
 PIP_REQUIREMENTS = [
     "torch==2.13.0",
@@ -184,9 +186,11 @@ class Registry:
             self.client.log_batch(
                 run_id,
                 metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                params=[Param(k, str(v)[:6000]) for k, v in flatten("", settings).items()],
                 tags=[RunTag(k, str(v)) for k, v in tags.items()],
             )
+            params = [Param(k, str(v)[:6000]) for k, v in flatten("", settings).items()]
+            for start in range(0, len(params), BATCH_LIMIT):  # MLflow takes at most 100 params per call
+                self.client.log_batch(run_id, params=params[start : start + BATCH_LIMIT])
             self.client.log_dict(run_id, settings, "settings.json")
             if datasets:
                 self.client.log_inputs(
