@@ -377,11 +377,9 @@ class Bench:
         )
         return concept, replay
 
-    def run_sweep(self, horizons=SWEEP, log=print) -> list[dict]:
-        """Train the first request once, then evaluate it at several ODE horizons (intensity x T)."""
-        s = self.settings
-        concept, replay = self.first_request(s)
-        result = train_adapter(
+    def train_first(self, concept: str, replay, settings: Settings, name: str):
+        """Lethe's adapter for the first request, on the base, from its shared replay sets."""
+        return train_adapter(
             self.base,
             AdapterStack(),
             replay.forget_images,
@@ -389,10 +387,16 @@ class Bench:
             replay.retain_labels,
             concept,
             replay.anchor,
-            s.adapter,
-            s.train,
-            "sweep",
+            settings.adapter,
+            settings.train,
+            name,
         )
+
+    def run_sweep(self, horizons=SWEEP, log=print) -> list[dict]:
+        """Train the first request once, then evaluate it at several ODE horizons (intensity x T)."""
+        s = self.settings
+        concept, replay = self.first_request(s)
+        result = self.train_first(concept, replay, s, "sweep")
         rows = []
         for intensity in horizons:
             result.stack.set_intensity(result.name, intensity)
@@ -414,18 +418,7 @@ class Bench:
         rows = []
         for name, (description, changes) in variants.items():
             s = self.settings.override(changes)
-            result = train_adapter(
-                self.base,
-                AdapterStack(),
-                replay.forget_images,
-                replay.retain_images,
-                replay.retain_labels,
-                concept,
-                replay.anchor,
-                s.adapter,
-                s.train,
-                name,
-            )
+            result = self.train_first(concept, replay, s, name)
             row = {
                 "variant": name,
                 "description": description,

@@ -74,18 +74,22 @@ def main(argv=None) -> int:
     start = time.time()
     replay = distill(base, AdapterStack(), judge, args.concept, args.anchor, [], s.distill, s.sampling)
     out["request_replay_s"] = round(time.time() - start, 1)
-    result = train_adapter(
-        base,
-        AdapterStack(),
-        replay.forget_images,
-        replay.retain_images,
-        replay.retain_labels,
-        args.concept,
-        args.anchor,
-        s.adapter,
-        s.train,
-        "timed",
-    )
+
+    def train(train_settings):
+        return train_adapter(
+            base,
+            AdapterStack(),
+            replay.forget_images,
+            replay.retain_images,
+            replay.retain_labels,
+            args.concept,
+            args.anchor,
+            s.adapter,
+            train_settings,
+            "timed",
+        )
+
+    result = train(s.train)
     out["request_train_s"] = result.seconds
     start = time.time()
     generate_samples(base, result.stack, s.eval, s.sampling)
@@ -98,18 +102,7 @@ def main(argv=None) -> int:
     def lethe_seconds(steps: int) -> float:
         timed = s.train.model_copy(update={"steps": steps})  # unvalidated on purpose: 0 steps = setup only
         start = time.time()
-        train_adapter(
-            base,
-            AdapterStack(),
-            replay.forget_images,
-            replay.retain_images,
-            replay.retain_labels,
-            args.concept,
-            args.anchor,
-            s.adapter,
-            timed,
-            "timed",
-        )
+        train(timed)
         return time.time() - start
 
     lethe_setup, lethe_total = lethe_seconds(0), lethe_seconds(args.train_steps)  # setup: pool, saliency, cache
