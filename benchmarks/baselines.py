@@ -61,7 +61,7 @@ def train_full_finetune(
 
     def batch_loss():
         idx = pool.draw(n_forget, n_retain, rng)
-        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_cond[idx])
         target = pool.teacher_eps[idx]
         drift = sum((p - p0).pow(2).sum() for p, p0 in zip(student.unet.parameters(), start_weights))
         return (
@@ -81,7 +81,7 @@ def negative_guidance_targets(teacher: Generator, pool: DistillTargets, eta: flo
     rows = torch.arange(pool.n_forget)
     out = []
     for chunk in rows.split(batch_size):
-        xt, t, labels = pool.xt[chunk], pool.t[chunk], pool.student_labels[chunk]
+        xt, t, labels = pool.xt[chunk], pool.t[chunk], pool.student_cond[chunk]
         conditional, _ = teacher.predict_noise(xt, t, labels)
         unconditional, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
         out.append(unconditional - eta * (conditional - unconditional))
@@ -104,7 +104,7 @@ def train_esd(
 
     def batch_loss():
         idx = torch.randint(pool.n_forget, (train.batch_size,), generator=rng)
-        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_cond[idx])
         return noise_matching(eps, targets[idx])
 
     _optimise(optimiser, train.steps, batch_loss, progress)
@@ -120,7 +120,7 @@ def weight_saliency(generator: Generator, pool: DistillTargets, rows: int) -> di
     unet.requires_grad_(True)
     try:
         unet.zero_grad(set_to_none=True)
-        eps, _ = generator.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        eps, _ = generator.predict_noise(pool.xt[idx], pool.t[idx], pool.student_cond[idx])
         noise_matching(eps, pool.teacher_eps[idx]).backward()
         scores = {n: float((m.weight.grad * m.weight.detach()).abs().mean()) for n, m in convs.items()}
     finally:
@@ -149,7 +149,7 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
 
     def batch_loss():
         idx = pool.draw(n_forget, n_retain, rng)
-        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_labels[idx])
+        eps, _ = student.predict_noise(pool.xt[idx], pool.t[idx], pool.student_cond[idx])
         target = pool.teacher_eps[idx]
         return train.weights.forget * noise_matching(
             eps[:n_forget], target[:n_forget]

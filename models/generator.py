@@ -52,6 +52,8 @@ def build_scheduler(train_timesteps: int, beta_schedule: str) -> DDIMScheduler:
 class Generator(nn.Module):
     """UNet + scheduler + concept names. `predict_noise` runs the UNet with an optional adapter stack."""
 
+    kind = "class-conditional"
+
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, concepts: list[str]):
         super().__init__()
         if unet.config.num_class_embeds != len(concepts) + 1:

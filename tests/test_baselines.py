@@ -47,7 +47,7 @@ def test_dfr_ft_trains_every_weight_of_a_copy():
 def test_esd_target_is_negative_guidance_away_from_the_concept():
     teacher, pool, params = pool_and_teacher()
     targets = negative_guidance_targets(teacher, pool, eta=2.0, batch_size=256)
-    xt, t, labels = pool.xt[: pool.n_forget], pool.t[: pool.n_forget], pool.student_labels[: pool.n_forget]
+    xt, t, labels = pool.xt[: pool.n_forget], pool.t[: pool.n_forget], pool.student_cond[: pool.n_forget]
     cond, _ = teacher.predict_noise(xt, t, labels)
     uncond, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
     assert torch.allclose(targets, uncond - 2.0 * (cond - uncond), atol=1e-6)

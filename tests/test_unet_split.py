@@ -70,16 +70,16 @@ def test_pool_rows_hold_the_teachers_anchor_prediction_for_forget_rows():
         generator, None, forget, retain, retain_labels, 1, 3, forget_rows=4, retain_rows=8, seed=0
     )
     assert len(pool) == 12 and pool.n_forget == 4
-    assert pool.student_labels[:4].tolist() == [1] * 4 and set(pool.student_labels[4:].tolist()) <= set(range(2, 8))
+    assert pool.student_cond[:4].tolist() == [1] * 4 and set(pool.student_cond[4:].tolist()) <= set(range(2, 8))
     anchor_eps, _ = generator.predict_noise(pool.xt[:4], pool.t[:4], torch.full((4,), 3))
     assert torch.allclose(pool.teacher_eps[:4], anchor_eps, atol=1e-6)
-    same, _ = generator.predict_noise(pool.xt[4:], pool.t[4:], pool.student_labels[4:])
+    same, _ = generator.predict_noise(pool.xt[4:], pool.t[4:], pool.student_cond[4:])
     assert torch.allclose(pool.teacher_eps[4:], same, atol=1e-6)
     idx = pool.draw(2, 3, torch.Generator().manual_seed(0))
     assert (idx[:2] < 4).all() and (idx[2:] >= 4).all()
     pool.cache_encoder(generator, None)
     assert torch.allclose(
-        generator.decode(pool.encoded)[0], generator.predict_noise(pool.xt, pool.t, pool.student_labels)[0], atol=1e-6
+        generator.decode(pool.encoded)[0], generator.predict_noise(pool.xt, pool.t, pool.student_cond)[0], atol=1e-6
     )
 
 

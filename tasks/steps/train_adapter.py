@@ -24,7 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.distill_targets import DistillTargets
+from lethe.models.distill_targets import DistillTargets, ReplayRows
 from lethe.models.generator import Generator
 from lethe.models.losses import feature_retention, noise_matching, trajectory_smoothness, trajectory_start
 from lethe.models.ode_adapter import ODEAdapter, ODEConfig
@@ -64,16 +64,20 @@ def build_targets(
     """The pool of distillation rows every method of a step trains on (`train.pool_rows`, split like a batch);
     without `retain_targets`, the teacher's predictions for retained rows are skipped."""
     concept_label, anchor_label = generator.labels([concept, anchor])
+    rows = ReplayRows.from_labels(forget_images, retain_images, retain_labels, concept_label, anchor_label)
+    return build_pool(generator, teacher, rows, train, retain_targets)
+
+
+def build_pool(
+    generator, teacher: AdapterStack, rows: ReplayRows, train: TrainSettings, retain_targets: bool = True
+) -> DistillTargets:
+    """The pool from replay rows of any conditioning (`train.pool_rows` rows, split like a batch)."""
     n_forget, _ = batch_split(train)
     forget_rows = max(1, round(train.pool_rows * n_forget / train.batch_size))
-    return DistillTargets.build(
+    return DistillTargets.from_rows(
         generator,
         teacher,
-        forget_images,
-        retain_images,
-        retain_labels,
-        concept_label,
-        anchor_label,
+        rows,
         forget_rows,
         max(1, train.pool_rows - forget_rows),
         train.seed,
@@ -94,7 +98,7 @@ def choose_targets(
         list(adapter.candidates),
         targets.xt[idx],
         targets.t[idx],
-        targets.student_labels[idx],
+        targets.student_cond[idx],
         targets.teacher_eps[idx],
     )
     return top_k(scores, adapter.k), scores
@@ -128,11 +132,9 @@ def train_adapter(
     name: str,
     progress=None,
 ) -> TrainResult:
-    """Train the adapter `name` (the request's stable name in the stack) on top of `teacher`."""
-    weights = train.weights
+    """Train the adapter `name` (the request's stable name in the stack) on top of `teacher`, for a
+    class-conditional generator: replay images with concept labels."""
     start = time.time()
-    torch.manual_seed(train.seed)
-    rng = torch.Generator().manual_seed(train.seed)
     generator.requires_grad_(False)
     pool = build_targets(
         generator,
@@ -145,6 +147,27 @@ def train_adapter(
         train,
         retain_targets=train.retain_space == "eps",
     )
+    return train_on_pool(generator, teacher, pool, adapter, train, name, progress, start)
+
+
+def train_on_pool(
+    generator,
+    teacher: AdapterStack,
+    pool: DistillTargets,
+    adapter: AdapterSettings,
+    train: TrainSettings,
+    name: str,
+    progress=None,
+    start: float | None = None,
+) -> TrainResult:
+    """Train the adapter `name` on a built pool: any generator kind whose `predict_noise` takes the pool's
+    conditioning (labels, or text features for a text-to-image generator). The split UNet (encoder cached,
+    retained rows stopped at the deepest new field) is used where the UNet allows it."""
+    weights = train.weights
+    start = time.time() if start is None else start
+    torch.manual_seed(train.seed)
+    rng = torch.Generator().manual_seed(train.seed)
+    generator.requires_grad_(False)
     targets, saliency = choose_targets(generator, teacher, pool, adapter)
     if splittable(generator.unet) and all(in_decoder(t) for t in targets):
         pool.cache_encoder(generator, teacher)  # the student's encoder is the teacher's: frozen
@@ -179,7 +202,7 @@ def train_adapter(
             student_eps, paths = generator.decode(pool.encoded.rows(idx), student, record=(name,))
         else:
             student_eps, paths = generator.predict_noise(
-                pool.xt[idx], pool.t[idx], pool.student_labels[idx], student, record=(name,)
+                pool.xt[idx], pool.t[idx], pool.student_cond[idx], student, record=(name,)
             )
         if train.retain_space == "features":
             retain = sum(feature_retention(paths[k], retain_rows) for k in keys)

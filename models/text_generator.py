@@ -1,0 +1,246 @@
+"""A text-to-image generator in the Stable-Diffusion layout: any local diffusers folder with `model_index.json`,
+`unet` (UNet2DConditionModel, cross-attention), `vae` (AutoencoderKL), `text_encoder` (CLIPTextModel),
+`tokenizer` (CLIPTokenizer) and `scheduler`.
+
+Prompts are encoded with the folder's own tokenizer and text encoder (padded to the tokenizer's length, as
+the diffusers pipeline does), the UNet denoises in the VAE's latent space, and the VAE decodes. Sampling is
+deterministic DDIM (eta = 0) built from the folder's scheduler config, so ε- and v-prediction follow what
+the config says. Classifier-free guidance runs the conditional and the unconditional (empty prompt) branch
+in one UNet call, so an adapter stack acts on both branches alike.
+
+Adapters attach by module name, exactly as on the class-conditional generator (`models.adapter_stack`): any
+module of the UNet whose output is a tensor, such as `mid_block` or a cross-attention `up_blocks.<i>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.distill_targets import ReplayRows
+
+KIND = "text-to-image"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def is_text_to_image_folder(folder: str | Path) -> bool:
+    """True when `folder` is a diffusers folder with every component of the Stable-Diffusion layout."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return False
+    entries = json.loads(index.read_text())
+    return all(c in entries for c in COMPONENTS)
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The noise stream of (seed, prompt): stable across processes (not Python's salted `hash`)."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class TextToImageGenerator(nn.Module):
+    """Tokenizer + text encoder + conditional UNet + VAE + DDIM scheduler, all frozen."""
+
+    kind = KIND
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler: DDIMScheduler,
+    ):
+        super().__init__()
+        if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
+            raise ValueError(
+                f"the UNet attends to {unet.config.cross_attention_dim}-d text features but the text "
+                f"encoder makes {text_encoder.config.hidden_size}-d ones"
+            )
+        if unet.config.in_channels != vae.config.latent_channels:
+            raise ValueError(
+                f"the UNet takes {unet.config.in_channels} channels, the VAE's latents have "
+                f"{vae.config.latent_channels}"
+            )
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        return (self.unet.config.in_channels, size, size)
+
+    @property
+    def vae_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text features (N, tokens, dim) of `prompts`; "" is the unconditional prompt of guidance."""
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+    @torch.no_grad()
+    def feature_channels(self, target: str) -> int:
+        """Channels of UNet module `target`'s output, found by one dry forward pass."""
+        modules = dict(self.unet.named_modules())
+        if target not in modules:
+            raise KeyError(f"no module named {target!r} in the UNet")
+        seen = {}
+
+        def remember(module, args, output):
+            seen["output"] = output
+
+        handle = modules[target].register_forward_hook(remember)
+        try:
+            x = torch.zeros(1, *self.latent_shape, device=self.unet.device)
+            self.unet(x, torch.zeros(1, dtype=torch.long, device=x.device), self.encode_prompts([""]))
+        finally:
+            handle.remove()
+        if not isinstance(seen["output"], torch.Tensor):
+            raise TypeError(f"module {target!r} returns {type(seen['output']).__name__}; adapters need a tensor")
+        return int(seen["output"].shape[1])
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        adapters: AdapterStack | None = None,
+        record: tuple[str, ...] = (),
+    ):
+        """The UNet's prediction (ε or v, as the scheduler config says) and the recorded adapter trajectories."""
+        if adapters is None or len(adapters) == 0:
+            return self.unet(latents, t, encoder_hidden_states=text).sample, {}
+        with adapters.attached(self.unet, record) as trajectories:
+            out = self.unet(latents, t, encoder_hidden_states=text).sample
+        return out, trajectories
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from latents."""
+        return self.vae.decode(latents / self.vae_scale).sample.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        n: int,
+        seed: int,
+        steps: int,
+        guidance: float,
+        adapters: AdapterStack | None = None,
+        batch_size: int = 64,
+        latents: bool = False,
+    ) -> torch.Tensor:
+        """n images per prompt, prompt-major, (len(prompts) * n, C, H, W) in [-1, 1] (with `latents`, the
+        final latents instead, undecoded). The starting noise of a prompt depends only on (seed, prompt), so a
+        prompt's samples do not depend on the others in the call."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = no classifier-free guidance), got {guidance}")
+        device = self.unet.device
+        rows = [p for p in prompts for _ in range(n)]
+        noise = torch.cat(
+            [
+                torch.randn((n, *self.latent_shape), generator=torch.Generator().manual_seed(prompt_seed(seed, p)))
+                for p in prompts
+            ]
+        )
+        empty = self.encode_prompts([""])
+        out = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            text = self.encode_prompts(chunk)
+            if guidance != 1.0:
+                text = torch.cat([empty.expand(len(chunk), -1, -1), text])
+            x_t = noise[start : start + batch_size].to(device) * self.scheduler.init_noise_sigma
+            self.scheduler.set_timesteps(steps)
+            for t in self.scheduler.timesteps:
+                x = torch.cat([x_t, x_t]) if guidance != 1.0 else x_t
+                x = self.scheduler.scale_model_input(x, t)
+                t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
+                pred, _ = self.predict_noise(x, t_batch, text, adapters)
+                if guidance != 1.0:
+                    uncond, cond = pred.chunk(2)
+                    pred = uncond + guidance * (cond - uncond)
+                x_t = self.scheduler.step(pred, t, x_t).prev_sample
+            out.append((x_t if latents else self.decode(x_t)).cpu())
+        return torch.cat(out)
+
+    def replay_rows(
+        self,
+        forget_x0: torch.Tensor,
+        forget_prompts: list[str],
+        anchor_prompts: list[str],
+        retain_x0: torch.Tensor,
+        retain_prompts: list[str],
+    ) -> ReplayRows:
+        """Latent replay with text conditioning: forget row i is asked for `forget_prompts[i]` by the student
+        and for an anchor prompt (cycled) by the teacher; retained rows keep their own prompt for both."""
+        if len(forget_prompts) != len(forget_x0) or len(retain_prompts) != len(retain_x0) or not anchor_prompts:
+            raise ValueError("every replay latent needs its prompt, and at least one anchor prompt is needed")
+        teacher = [anchor_prompts[i % len(anchor_prompts)] for i in range(len(forget_prompts))]
+        return ReplayRows(
+            forget_x0,
+            self.encode_prompts(forget_prompts),
+            self.encode_prompts(teacher),
+            retain_x0,
+            self.encode_prompts(retain_prompts),
+        )
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "TextToImageGenerator":
+        folder = Path(folder)
+        if not is_text_to_image_folder(folder):
+            raise FileNotFoundError(
+                f"{folder} is not a Stable-Diffusion-layout folder: it needs model_index.json "
+                f"naming {', '.join(COMPONENTS)}"
+            )
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        generator = cls(unet, vae, text_encoder, tokenizer, scheduler)
+        return generator.eval().requires_grad_(False)
+
+    def save(self, folder: str | Path) -> Path:
+        """The same layout back (diffusers' StableDiffusionPipeline loads it)."""
+        folder = Path(folder)
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            getattr(self, name).save_pretrained(folder / name)
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": _diffusers_version(),
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return folder
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
