@@ -46,6 +46,7 @@ class PathSettings(Section):
     prepared: Path  # the `prepare` stage's tensors
     base: Path  # the shipped base generator (stage `train_base`)
     judge: Path  # the shipped judge (stage `train_judge`)
+    text_to_image: Path  # the shipped text-to-image model (stage `train_text_to_image`)
     metrics: Path  # metrics and training curves of the stages
     fashion_mnist: Path  # the Debian package dataset-fashion-mnist's files
 
@@ -96,6 +97,42 @@ class JudgeTrainingSettings(Section):
     shift_pixels: Annotated[int, Field(ge=0, le=4)]
     seed: int
     log_every: PositiveInt
+
+
+class TextToImageTrainingSettings(Section):
+    """The embedded text-to-image model's recipe (stage `train_text_to_image`)."""
+
+    vocab_size: Annotated[int, Field(ge=300)]  # BPE vocabulary: 256 bytes + 2 special tokens + merges
+    tokens: Annotated[int, Field(ge=4, le=77)]  # tokenizer length = text encoder positions
+    text_hidden: PositiveInt
+    text_layers: PositiveInt
+    text_heads: PositiveInt
+    vae_channels: Annotated[list[PositiveInt], Field(min_length=1)]
+    latent_channels: PositiveInt
+    vae_steps: PositiveInt
+    vae_lr: Positive
+    vae_kl: NonNegative
+    unet_channels: Annotated[list[PositiveInt], Field(min_length=2)]
+    attention_heads: PositiveInt
+    norm_groups: PositiveInt
+    train_timesteps: Annotated[int, Field(ge=10)]
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    prediction_type: Literal["epsilon", "v_prediction"]
+    steps: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
+    empty_caption_rate: Annotated[float, Field(ge=0.0, lt=1.0)]
+    seed: int
+    log_every: PositiveInt
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.text_hidden % self.text_heads:
+            raise ValueError(f"text_heads {self.text_heads} must divide text_hidden {self.text_hidden}")
+        bad = [c for c in self.vae_channels + self.unet_channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"norm_groups {self.norm_groups} must divide every block's channels, not {bad}")
+        return self
 
 
 class SamplingSettings(Section):
@@ -246,6 +283,7 @@ class Settings(Section):
     data: DataSettings
     base: BaseTrainingSettings
     judge: JudgeTrainingSettings
+    text_to_image: TextToImageTrainingSettings
     sampling: SamplingSettings
     adapter: AdapterSettings
     distill: DistillSettings

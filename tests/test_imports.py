@@ -11,6 +11,7 @@ PROBE = """
 import importlib, json, logging, os, pkgutil, sys
 # the libraries themselves first, so that their own import-time changes are not counted
 import matplotlib, mlflow, mlflow.pyfunc, torch, diffusers, dvc.repo, torch._inductor.config, torchmetrics.image.kid
+import transformers, tokenizers, transformers.models.clip
 from prefect import flow, task  # prefect configures its loggers on first use
 env, levels = dict(os.environ), {}
 names = ["dvc", "mlflow", "mlflow.pyfunc", "prefect", "alembic", "lethe"]
