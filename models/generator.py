@@ -66,6 +66,11 @@ class Generator(nn.Module):
         self.concepts = list(concepts)
 
     @property
+    def example_request(self) -> str:
+        """A request this generator answers (a concept name), for examples and smoke checks."""
+        return self.concepts[0]
+
+    @property
     def null_label(self) -> int:
         return len(self.concepts)
 

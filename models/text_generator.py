@@ -78,6 +78,11 @@ class TextToImageGenerator(nn.Module):
         return (self.unet.config.in_channels, size, size)
 
     @property
+    def example_request(self) -> str:
+        """A request this generator answers (a prompt; the empty one is always valid)."""
+        return ""
+
+    @property
     def vae_scale(self) -> float:
         return float(self.vae.config.scaling_factor)
 

@@ -44,6 +44,8 @@ MODELS_CODE = Path(lethe.models.__file__).resolve().parent  # the lethe.models p
 PIP_REQUIREMENTS = [
     "torch==2.13.0",
     "diffusers==0.42.1",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
     "torchdiffeq==0.2.5",
     "safetensors==0.8.0",
     "numpy==2.4.6",
@@ -219,8 +221,8 @@ class Registry:
                         "sampling": str(tmp / "sampling.json"),
                     },
                     code_paths=[str(models_code_path(tmp / "code"))],
-                    signature=serving_model.SIGNATURE,
-                    input_example=serving_model.input_example(generator.concepts[0]),
+                    signature=serving_model.SIGNATURES[generator.kind],
+                    input_example=serving_model.input_example(generator.kind, generator.example_request),
                     pip_requirements=PIP_REQUIREMENTS,
                 )
                 self.client.log_artifacts(run_id, str(tmp / "model"), "model")

@@ -18,47 +18,50 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [ColSpec("string", "concept"), ColSpec("long", "n", required=False), ColSpec("long", "seed", required=False)]
-    ),
-    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]),
-)
+OUTPUT = Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))])
+OPTIONAL = [ColSpec("long", "n", required=False), ColSpec("long", "seed", required=False)]
+# One request column per generator kind: a concept name, or a prompt for a text-to-image generator.
+SIGNATURES = {
+    "class-conditional": ModelSignature(inputs=Schema([ColSpec("string", "concept"), *OPTIONAL]), outputs=OUTPUT),
+    "text-to-image": ModelSignature(inputs=Schema([ColSpec("string", "prompt"), *OPTIONAL]), outputs=OUTPUT),
+}
+SIGNATURE = SIGNATURES["class-conditional"]
 
 
-def input_example(concept: str) -> pd.DataFrame:
+def input_example(kind: str, request: str) -> pd.DataFrame:
     """One request row, logged with the model (MLflow checks that the logged model answers it)."""
-    return pd.DataFrame({"concept": [concept], "n": [1], "seed": [0]})
+    column = "prompt" if kind == "text-to-image" else "concept"
+    return pd.DataFrame({column: [request], "n": [1], "seed": [0]})
+
+
+def _count(value, default: int) -> int:
+    return default if value is None or value != value else int(value)  # a missing optional column is NaN
 
 
 class LetheModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from lethe.models.adapter_stack import AdapterStack
-        from lethe.models.generator import Generator
+        from lethe.models.generator_kinds import load_generator
 
-        self.generator = Generator.from_folder(context.artifacts["generator"])
+        self.generator = load_generator(context.artifacts["generator"])
         self.adapters = AdapterStack.load(context.artifacts["adapters"])
         with open(context.artifacts["sampling"]) as f:
             self.sampling = json.load(f)
 
-    def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: validated by SIGNATURE
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: validated by SIGNATURES
         from lethe.models.sampler import sample
 
-        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-        out = []
-        for row in rows:
-            n = row.get("n")
-            seed = row.get("seed")
-            images, _ = sample(
-                self.generator,
-                [row["concept"]],
-                1 if n is None or n != n else int(n),
-                0 if seed is None or seed != seed else int(seed),
-                self.sampling["steps"],
-                self.adapters,
-                self.sampling["guidance"],
-                self.sampling["batch_size"],
-            )
+        s, out = self.sampling, []
+        for row in model_input.to_dict("records"):
+            n, seed = _count(row.get("n"), 1), _count(row.get("seed"), 0)
+            if self.generator.kind == "text-to-image":
+                images = self.generator.sample(
+                    [row["prompt"]], n, seed, s["steps"], s["guidance"], self.adapters, s["batch_size"]
+                )
+            else:
+                images, _ = sample(
+                    self.generator, [row["concept"]], n, seed, s["steps"], self.adapters, s["guidance"], s["batch_size"]
+                )
             out.append(images.numpy())
         return np.concatenate(out)
 
