@@ -223,3 +223,13 @@ class AdapterStack(nn.Module):
                 fields[entry["target"]] = adapter
             stack.add(name, fields, entries[0][1]["intensity"], entries[0][1]["enabled"])
         return stack
+
+
+def run_adapted(adapters: AdapterStack | None, network: nn.Module, call, record: tuple[str, ...] = ()):
+    """`call()` with `adapters` applied to `network` (none or an empty stack: the plain network), and the
+    trajectories of the adapters named in `record`: returns (output, {(name, target): states})."""
+    if adapters is None or len(adapters) == 0:
+        return call(), {}
+    with adapters.attached(network, record) as trajectories:
+        out = call()
+    return out, trajectories

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from lethe.models.adapter_stack import AdapterStack
+from lethe.models.adapter_stack import AdapterStack, run_adapted
 from lethe.models.unet_split import Encoded, decode, decode_to, encode
 
 META_NAME = "lethe.json"
@@ -117,38 +117,23 @@ class Generator(nn.Module):
         record: tuple[str, ...] = (),
     ):
         """Noise prediction and the recorded adapter trajectories ({(adapter name, target): states})."""
-        if adapters is None or len(adapters) == 0:
-            return self.unet(x, t, class_labels=labels).sample, {}
-        with adapters.attached(self.unet, record) as trajectories:
-            eps = self.unet(x, t, class_labels=labels).sample
-        return eps, trajectories
+        return run_adapted(adapters, self.unet, lambda: self.unet(x, t, class_labels=labels).sample, record)
 
     def encode(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, adapters: AdapterStack | None = None
     ) -> Encoded:
         """The encoder half of `predict_noise` (adapters on encoder modules apply; decoder ones wait)."""
-        if adapters is None or len(adapters) == 0:
-            return encode(self.unet, x, t, labels)
-        with adapters.attached(self.unet):
-            return encode(self.unet, x, t, labels)
+        return run_adapted(adapters, self.unet, lambda: encode(self.unet, x, t, labels))[0]
 
     def decode(self, encoded: Encoded, adapters: AdapterStack | None = None, record: tuple[str, ...] = ()):
         """The decoder half: `decode(encode(x, t, y))` equals `predict_noise(x, t, y)`."""
-        if adapters is None or len(adapters) == 0:
-            return decode(self.unet, encoded), {}
-        with adapters.attached(self.unet, record) as trajectories:
-            eps = decode(self.unet, encoded)
-        return eps, trajectories
+        return run_adapted(adapters, self.unet, lambda: decode(self.unet, encoded), record)
 
     def decode_to(
         self, encoded: Encoded, stage: str, adapters: AdapterStack | None = None, record: tuple[str, ...] = ()
     ):
         """The decoder state after `stage`; `decode` of it finishes the pass (`models.unet_split.decode_to`)."""
-        if adapters is None or len(adapters) == 0:
-            return decode_to(self.unet, encoded, stage), {}
-        with adapters.attached(self.unet, record) as trajectories:
-            state = decode_to(self.unet, encoded, stage)
-        return state, trajectories
+        return run_adapted(adapters, self.unet, lambda: decode_to(self.unet, encoded, stage), record)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from lethe.models.adapter_stack import AdapterStack
+from lethe.models.adapter_stack import AdapterStack, run_adapted
 from lethe.models.distill_targets import ReplayRows
 
 KIND = "text-to-image"
@@ -128,11 +128,9 @@ class TextToImageGenerator(nn.Module):
         record: tuple[str, ...] = (),
     ):
         """The UNet's prediction (ε or v, as the scheduler config says) and the recorded adapter trajectories."""
-        if adapters is None or len(adapters) == 0:
-            return self.unet(latents, t, encoder_hidden_states=text).sample, {}
-        with adapters.attached(self.unet, record) as trajectories:
-            out = self.unet(latents, t, encoder_hidden_states=text).sample
-        return out, trajectories
+        return run_adapted(
+            adapters, self.unet, lambda: self.unet(latents, t, encoder_hidden_states=text).sample, record
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
