@@ -233,3 +233,21 @@ def run_adapted(adapters: AdapterStack | None, network: nn.Module, call, record:
     with adapters.attached(network, record) as trajectories:
         out = call()
     return out, trajectories
+
+
+@torch.no_grad()
+def output_channels(network: nn.Module, target: str, dry_pass) -> int:
+    """Channels of module `target`'s output, seen by a hook during `dry_pass()` (one forward of `network`);
+    adapters can only rewrite a module whose output is a tensor."""
+    modules = dict(network.named_modules())
+    if target not in modules:
+        raise KeyError(f"no module named {target!r} in the network")
+    seen = {}
+    handle = modules[target].register_forward_hook(lambda module, args, output: seen.update(output=output))
+    try:
+        dry_pass()
+    finally:
+        handle.remove()
+    if not isinstance(seen["output"], torch.Tensor):
+        raise TypeError(f"module {target!r} returns {type(seen['output']).__name__}; adapters need a tensor")
+    return int(seen["output"].shape[1])

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from lethe.models.adapter_stack import AdapterStack, run_adapted
+from lethe.models.adapter_stack import AdapterStack, output_channels, run_adapted
 from lethe.models.unet_split import Encoded, decode, decode_to, encode
 
 META_NAME = "lethe.json"
@@ -88,25 +88,9 @@ class Generator(nn.Module):
     @torch.no_grad()
     def feature_channels(self, target: str) -> int:
         """Channels of module `target`'s output, found by one dry forward pass."""
-        modules = dict(self.unet.named_modules())
-        if target not in modules:
-            raise KeyError(f"no module named {target!r} in the UNet")
-        seen = {}
-
-        def remember(module, args, output):
-            seen["shape"] = output.shape  # returns None: the output is left as it is
-
-        handle = modules[target].register_forward_hook(remember)
-        try:
-            x = torch.zeros(1, *self.image_shape, device=self.unet.device)
-            self.unet(
-                x,
-                torch.zeros(1, dtype=torch.long, device=x.device),
-                class_labels=torch.zeros(1, dtype=torch.long, device=x.device),
-            )
-        finally:
-            handle.remove()
-        return int(seen["shape"][1])
+        x = torch.zeros(1, *self.image_shape, device=self.unet.device)
+        zero = torch.zeros(1, dtype=torch.long, device=x.device)
+        return output_channels(self.unet, target, lambda: self.unet(x, zero, class_labels=zero))
 
     def predict_noise(
         self,

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from lethe.models.adapter_stack import AdapterStack, run_adapted
+from lethe.models.adapter_stack import AdapterStack, output_channels, run_adapted
 from lethe.models.distill_targets import ReplayRows
 
 KIND = "text-to-image"
@@ -101,23 +101,9 @@ class TextToImageGenerator(nn.Module):
     @torch.no_grad()
     def feature_channels(self, target: str) -> int:
         """Channels of UNet module `target`'s output, found by one dry forward pass."""
-        modules = dict(self.unet.named_modules())
-        if target not in modules:
-            raise KeyError(f"no module named {target!r} in the UNet")
-        seen = {}
-
-        def remember(module, args, output):
-            seen["output"] = output
-
-        handle = modules[target].register_forward_hook(remember)
-        try:
-            x = torch.zeros(1, *self.latent_shape, device=self.unet.device)
-            self.unet(x, torch.zeros(1, dtype=torch.long, device=x.device), self.encode_prompts([""]))
-        finally:
-            handle.remove()
-        if not isinstance(seen["output"], torch.Tensor):
-            raise TypeError(f"module {target!r} returns {type(seen['output']).__name__}; adapters need a tensor")
-        return int(seen["output"].shape[1])
+        x = torch.zeros(1, *self.latent_shape, device=self.unet.device)
+        zero = torch.zeros(1, dtype=torch.long, device=x.device)
+        return output_channels(self.unet, target, lambda: self.unet(x, zero, self.encode_prompts([""])))
 
     def predict_noise(
         self,
