@@ -33,10 +33,10 @@ def _registry(settings: Settings):
 
 
 def known_concepts(settings: Settings) -> list[str]:
-    meta = settings.paths.base / "lethe.json"
-    if not meta.is_file():
-        raise SystemExit(f"no base generator at {settings.paths.base}: run `make demo` (or `dvc repro`) first")
-    return json.loads(meta.read_text())["concepts"]
+    """The concepts of the workspace's generator (`generator.folder`, with its concept file)."""
+    from lethe.tasks.model_sources import open_generator
+
+    return open_generator(settings.generator).concepts
 
 
 def cmd_concepts(args, settings: Settings) -> int:
@@ -128,6 +128,7 @@ def cmd_sample(args, settings: Settings) -> int:
     out = sample_version(
         _registry(settings),
         args.concept,
+        args.prompt,
         args.version,
         args.n,
         args.seed,
@@ -336,8 +337,10 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="an HTML/Markdown page with the lineage, its plot and sample grids")
     rep.add_argument("--out", default="lethe-report", help="folder to write (default ./lethe-report)")
     rep.set_defaults(func=cmd_report)
-    smp = sub.add_parser("sample", help="generate images of a concept from a registered version")
-    smp.add_argument("--concept", required=True)
+    smp = sub.add_parser("sample", help="generate images of a concept (or a prompt) from a registered version")
+    asked = smp.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--concept", help="a concept of the version (through its prompts, for text-to-image)")
+    asked.add_argument("--prompt", help="any text, for a text-to-image version")
     smp.add_argument("--version", help="registered version (default: production)")
     smp.add_argument("--n", type=int, default=16)
     smp.add_argument("--seed", type=int, default=0)

@@ -17,16 +17,15 @@ from prefect.artifacts import create_markdown_artifact
 from lethe.flows.process import configure_process
 from lethe.flows.progress import reporter
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.generator import Generator
-from lethe.models.judge import Judge
 from lethe.tasks.images import concept_grid
+from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
 from lethe.tasks.settings import Settings, load_settings
-from lethe.tasks.steps.distill import distill_task
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
+from lethe.tasks.steps.replay import replay_task
 from lethe.tasks.steps.train_adapter import train_adapter_task
 from lethe.tasks.stores.batch_lock import batch_lock
 from lethe.tasks.stores.prepared_splits import load_split
@@ -46,7 +45,7 @@ class Context:
     registry: Registry
     store: DatasetStore
     cache: EvalCache
-    judge: Judge
+    judge: object  # models.judge.Judge, or a plug-in wrapped in models.judge_plugin.PluginJudge
     real: tuple
 
     @classmethod
@@ -58,7 +57,7 @@ class Context:
             Registry(workspace, settings.registry),
             DatasetStore(workspace.dvc_root, workspace.dvc_remote),
             EvalCache(workspace.evals),
-            Judge.load(settings.paths.judge),
+            open_judge(settings.generator.judge, settings.paths.judge),
             load_split("test", settings.paths.prepared),
         )
 
@@ -68,19 +67,53 @@ def forgotten_of(version) -> list[str]:
     return [c for c in value.split(",") if c]
 
 
-def samples_of(ctx: Context, version: str):
-    """Evaluation samples of a registered version, from the cache or made now."""
+HELD_OUT = "-held-out"  # the cache key suffix of held-out paraphrase samples
+
+
+def evaluation_samples(ctx: Context, generator, adapters, what: str) -> dict:
+    """The samples an evaluation scores: every concept's, and its held-out paraphrases' where it has them."""
     s = ctx.settings
-    key = eval_key(s.eval, s.sampling)
-    cached = ctx.cache.get(version, key)
-    if cached is not None:
+    out = {"main": generate_samples_task(generator, adapters, s.eval, s.sampling, reporter(what))}
+    if generator.paraphrased:
+        out["held_out"] = generate_samples_task(
+            generator, adapters, s.eval, s.sampling, reporter(f"{what}, held-out paraphrases"), held_out=True
+        )
+    return out
+
+
+def cache_samples(ctx: Context, version: str, samples: dict) -> None:
+    key = eval_key(ctx.settings.eval, ctx.settings.sampling)
+    ctx.cache.put(version, key, *samples["main"])
+    if "held_out" in samples:
+        ctx.cache.put(version, key + HELD_OUT, *samples["held_out"])
+
+
+def samples_of(ctx: Context, version: str, paraphrased: bool) -> dict:
+    """Evaluation samples of a registered version, from the cache or made now."""
+    key = eval_key(ctx.settings.eval, ctx.settings.sampling)
+    cached = {"main": ctx.cache.get(version, key)}
+    if paraphrased:
+        cached["held_out"] = ctx.cache.get(version, key + HELD_OUT)
+    if all(v is not None for v in cached.values()):
         return cached
     generator, adapters = ctx.registry.load(version)
-    images, labels = generate_samples_task(
-        generator, adapters, s.eval, s.sampling, reporter(f"evaluate version {version}")
+    samples = evaluation_samples(ctx, generator, adapters, f"evaluate version {version}")
+    cache_samples(ctx, version, samples)
+    return samples
+
+
+def scored(ctx: Context, samples: dict, concepts: list[str], forgotten: list[str]) -> dict:
+    s = ctx.settings
+    return score_task(
+        *samples["main"],
+        concepts,
+        ctx.judge,
+        forgotten,
+        *ctx.real,
+        s.eval,
+        s.sampling,
+        held_out=samples.get("held_out"),
     )
-    ctx.cache.put(version, key, images, labels)
-    return images, labels
 
 
 def grid_file(
@@ -101,14 +134,16 @@ def ensure_base(ctx: Context) -> str:
             raise RuntimeError(f"model {ctx.registry.model_name} has versions but no production alias")
         return production.version
     s = ctx.settings
-    generator = Generator.from_folder(s.paths.base)
+    generator = open_generator(s.generator)
+    check_judge_covers(ctx.judge, generator.concepts)
     adapters = AdapterStack()
-    images, labels = generate_samples_task(generator, adapters, s.eval, s.sampling, reporter("evaluate base"))
-    metrics = score_task(images, labels, ctx.judge, [], *ctx.real, s.eval, s.sampling)
+    samples = evaluation_samples(ctx, generator, adapters, "evaluate base")
+    metrics = scored(ctx, samples, generator.concepts, [])
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"samples": grid_file(ctx, Path(tmp), images, labels, generator.concepts, [])}
+        files = {"samples": grid_file(ctx, Path(tmp), *samples["main"], generator.concepts, [])}
         tags = {
             "kind": "base",
+            "generator_kind": generator.kind,
             "gate": "passed",
             "forgotten": "",
             "parent_version": "",
@@ -129,7 +164,7 @@ def ensure_base(ctx: Context) -> str:
             description="Base generator: the root of the lineage, nothing forgotten.",
             files=files,
         )
-    ctx.cache.put(version, metrics["eval_key"], images, labels)
+    cache_samples(ctx, version, samples)
     promote_task(ctx.registry, version)
     return version
 
@@ -137,6 +172,9 @@ def ensure_base(ctx: Context) -> str:
 def summary_metrics(scored: dict) -> dict:
     out = {k: scored[k] for k in ("forget_acc_max", "forget_acc_mean", "retain_acc_mean", "kid")}
     out.update({f"acc.{c}": a for c, a in scored["accuracy"].items()})
+    if "held_out_accuracy" in scored:
+        out["held_out_forget_acc_max"] = scored["held_out_forget_acc_max"]
+        out.update({f"held_out_acc.{c}": a for c, a in scored["held_out_accuracy"].items()})
     return out
 
 
@@ -154,7 +192,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     name = f"request-{request.id}"
     if name in teacher.names:
         raise ValueError(f"production version {parent.version} already holds an adapter named {name}")
-    replay = distill_task(
+    replay = replay_task(
         generator,
         teacher,
         ctx.judge,
@@ -171,23 +209,18 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     trained = train_adapter_task(
         generator,
         teacher,
-        replay.forget_images,
-        replay.retain_images,
-        replay.retain_labels,
-        request.concept,
-        replay.anchor,
+        replay.rows(generator),
         s.adapter,
         s.train,
         name,
         progress=reporter(f"request {request.id}: train adapter"),
     )
     forgotten_after = forgotten_before + [request.concept]
-    parent_images, parent_labels = samples_of(ctx, parent.version)
-    before = score_task(parent_images, parent_labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
-    images, labels = generate_samples_task(
-        generator, trained.stack, s.eval, s.sampling, reporter(f"request {request.id}: evaluate new version")
-    )
-    after = score_task(images, labels, ctx.judge, forgotten_after, *ctx.real, s.eval, s.sampling)
+    parent_samples = samples_of(ctx, parent.version, bool(generator.paraphrased))
+    before = scored(ctx, parent_samples, generator.concepts, forgotten_after)
+    samples = evaluation_samples(ctx, generator, trained.stack, f"request {request.id}: evaluate new version")
+    after = scored(ctx, samples, generator.concepts, forgotten_after)
+    images, labels = samples["main"]
     reasons = check_gates(after, before, s.gates)
     ws = ctx.workspace
     tags = {
@@ -215,7 +248,10 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "metric.forget_acc_max": f"{after['forget_acc_max']:.4f}",
         "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}",
         "metric.kid": f"{after['kid']:.4f}",
+        "generator_kind": generator.kind,
     }
+    if "held_out_accuracy" in after:
+        tags["metric.held_out_forget_acc_max"] = f"{after['held_out_forget_acc_max']:.4f}"
     metrics = summary_metrics(after)
     metrics.update(
         {
@@ -226,6 +262,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
             "train_seconds": trained.seconds,
         }
     )
+    if "held_out_accuracy" in before:
+        metrics["before.held_out_acc"] = before["held_out_accuracy"][request.concept]
+    metrics = {k: v for k, v in metrics.items() if v == v}  # NaN (KID without real images) is not logged
     description = (
         f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
         f"{parent.version}. Forget accuracy {before['accuracy'][request.concept]:.3f} -> "
@@ -252,7 +291,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
             files=files,
             datasets={"forget": (forget_ref.path, forget_ref.md5), "retain": (retain_ref.path, retain_ref.md5)},
         )
-    ctx.cache.put(version, after["eval_key"], images, labels)
+    cache_samples(ctx, version, samples)
     if reasons:
         ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=replay.anchor)
     else:
@@ -275,6 +314,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "kid_before": before["kid"],
         "kid_after": after["kid"],
         "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
+        "held_out_before": before.get("held_out_accuracy", {}).get(request.concept),
+        "held_out_after": after.get("held_out_accuracy", {}).get(request.concept),
         "train_seconds": trained.seconds,
         "trainable_params": trained.trainable_params,
     }
@@ -300,7 +341,12 @@ def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
         f"Version {r['version']} (parent {r['parent_version']}): {verdict}\n\n"
         f"| metric | before | after |\n|---|---|---|\n"
         f"| forget accuracy ({r['concept']}) | {r['forget_acc_before']:.3f} | {r['forget_acc_after']:.3f} |\n"
-        f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
+        + (
+            f"| held-out paraphrases ({r['concept']}) | {r['held_out_before']:.3f} | {r['held_out_after']:.3f} |\n"
+            if r.get("held_out_after") is not None
+            else ""
+        )
+        + f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
         f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n\n"
         f"Per concept, after:\n\n| concept | role | judged accuracy |\n|---|---|---|\n{rows}\n\n"
         f"MLflow: {link}\n"
@@ -313,7 +359,12 @@ def step_summary_text(r: dict) -> str:
     lines = [
         f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
         f"(parent {r['parent_version']}), {verdict}",
-        f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}",
+        f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}"
+        + (
+            f"; on held-out paraphrases {r['held_out_before']:.3f} -> {r['held_out_after']:.3f}"
+            if r.get("held_out_after") is not None
+            else ""
+        ),
         f"  retained concepts, mean accuracy: {r['retain_acc_before']:.3f} -> {r['retain_acc_after']:.3f}; "
         f"KID {r['kid_before']:.4f} -> {r['kid_after']:.4f}",
     ]

@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
 from lethe.models.adapter_stack import AdapterStack, output_channels, run_adapted
+from lethe.models.sampler import sample
 from lethe.models.unet_split import Encoded, decode, decode_to, encode
 
 META_NAME = "lethe.json"
@@ -50,9 +51,15 @@ def build_scheduler(train_timesteps: int, beta_schedule: str) -> DDIMScheduler:
 
 
 class Generator(nn.Module):
-    """UNet + scheduler + concept names. `predict_noise` runs the UNet with an optional adapter stack."""
+    """UNet + scheduler + concept names. `predict_noise` runs the UNet with an optional adapter stack.
+
+    The concept interface both generator kinds share: `concepts`, `labels`, `paraphrased` (concepts with
+    held-out wordings: none here, a class label has no paraphrase), `sample_concepts` and, for serving,
+    `request_column` with `sample_requests`."""
 
     kind = "class-conditional"
+    request_column = "concept"  # what a served request names
+    paraphrased: list[str] = []
 
     def __init__(self, unet: UNet2DModel, scheduler: DDIMScheduler, concepts: list[str]):
         super().__init__()
@@ -84,6 +91,28 @@ class Generator(nn.Module):
         if unknown:
             raise ValueError(f"unknown concepts {unknown}; this generator knows: {', '.join(self.concepts)}")
         return [self.concepts.index(c) for c in concepts]
+
+    def sample_concepts(
+        self,
+        concepts: list[str],
+        n: int,
+        seed: int,
+        steps: int,
+        adapters: AdapterStack | None = None,
+        guidance: float = 1.0,
+        batch_size: int = 256,
+        progress=None,
+        held_out: bool = False,
+    ):
+        """n images per concept, concept-major, and their labels (indices into `concepts` of this generator),
+        on the device the UNet is on."""
+        if held_out:
+            raise ValueError("a class-conditional generator has no held-out paraphrases to sample")
+        return sample(self, concepts, n, seed, steps, adapters, guidance, batch_size, self.unet.device, progress)
+
+    def sample_requests(self, requests: list[str], n: int, seed: int, steps: int, adapters, guidance, batch_size):
+        """n images per served request (a concept name), as the pyfunc model answers it."""
+        return self.sample_concepts(requests, n, seed, steps, adapters, guidance, batch_size)[0]
 
     @torch.no_grad()
     def feature_channels(self, target: str) -> int:

@@ -8,11 +8,14 @@ noise, and `sample(["trouser"], 16, seed=3)` gives the same images wherever it i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.generator import Generator
+
+if TYPE_CHECKING:  # the generator imports this module to sample its concepts
+    from lethe.models.generator import Generator
 
 
 def concept_noise(shape: tuple[int, ...], n: int, seed: int, label: int) -> torch.Tensor:

@@ -10,12 +10,18 @@ in one UNet call, so an adapter stack acts on both branches alike.
 
 Adapters attach by module name, exactly as on the class-conditional generator (`models.adapter_stack`): any
 module of the UNet whose output is a tensor, such as `mid_block` or a cross-attention `up_blocks.<i>`.
+
+Bound to prompt sets (`with_concepts`), it speaks the concept interface of the class-conditional generator
+(`concepts`, `labels`, `sample_concepts`), a concept being sampled through its prompts (or, with
+`held_out`, through its held-out paraphrases), so replay, evaluation and fingerprints need no branch per
+kind. A saved folder carries its prompt sets in `lethe_concepts.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +34,16 @@ from lethe.models.distill_targets import ReplayRows
 
 KIND = "text-to-image"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+CONCEPTS_NAME = "lethe_concepts.json"  # the bound prompt sets, saved beside the components
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A concept as prompts: `prompts` are what unlearning trains on, `held_out` only evaluates it."""
+
+    name: str
+    prompts: tuple[str, ...]
+    held_out: tuple[str, ...] = ()
 
 
 def is_text_to_image_folder(folder: str | Path) -> bool:
@@ -49,6 +65,7 @@ class TextToImageGenerator(nn.Module):
     """Tokenizer + text encoder + conditional UNet + VAE + DDIM scheduler, all frozen."""
 
     kind = KIND
+    request_column = "prompt"  # what a served request gives
 
     def __init__(
         self,
@@ -57,6 +74,7 @@ class TextToImageGenerator(nn.Module):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         scheduler: DDIMScheduler,
+        prompt_sets=(),
     ):
         super().__init__()
         if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
@@ -71,7 +89,84 @@ class TextToImageGenerator(nn.Module):
             )
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.prompt_sets: dict[str, PromptSet] = {}
+        self.with_concepts(prompt_sets)
 
+    # -- concepts as prompt sets -----------------------------------------------------------------------------
+    def with_concepts(self, prompt_sets) -> "TextToImageGenerator":
+        """Bind concepts: anything with `name`, `prompts` and `held_out` (a validated concept file's entries)."""
+        sets = [PromptSet(c.name, tuple(c.prompts), tuple(c.held_out)) for c in prompt_sets]
+        if any(not c.prompts for c in sets):
+            raise ValueError("every concept needs at least one prompt")
+        self.prompt_sets = {c.name: c for c in sets}
+        return self
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.prompt_sets)
+
+    @property
+    def paraphrased(self) -> list[str]:
+        """Concepts with held-out paraphrases (the leakage test)."""
+        return [c.name for c in self.prompt_sets.values() if c.held_out]
+
+    def labels(self, concepts: list[str]) -> list[int]:
+        unknown = [c for c in concepts if c not in self.prompt_sets]
+        if unknown:
+            known = ", ".join(self.concepts) or "none (no concept file is bound)"
+            raise ValueError(f"unknown concepts {unknown}; this generator knows: {known}")
+        return [self.concepts.index(c) for c in concepts]
+
+    def prompts_of(self, concept: str, held_out: bool = False) -> list[str]:
+        self.labels([concept])
+        found = self.prompt_sets[concept]
+        prompts = list(found.held_out if held_out else found.prompts)
+        if not prompts:
+            raise ValueError(f"concept {concept!r} has no held-out paraphrases")
+        return prompts
+
+    def sample_concepts(
+        self,
+        concepts: list[str],
+        n: int,
+        seed: int,
+        steps: int,
+        adapters: AdapterStack | None = None,
+        guidance: float = 1.0,
+        batch_size: int = 64,
+        progress=None,
+        held_out: bool = False,
+    ):
+        """n images per concept, concept-major, with labels (indices into `concepts` of this generator). A
+        concept's n samples are spread over its prompts (or held-out paraphrases) in order, the first
+        `n % len(prompts)` prompts taking one more; a prompt's noise depends only on (seed, prompt)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        label_list = self.labels(concepts)
+        plan = []  # (concept position, prompt, count)
+        for position, concept in enumerate(concepts):
+            prompts = self.prompts_of(concept, held_out)
+            plan += [(position, p, n // len(prompts) + (i < n % len(prompts))) for i, p in enumerate(prompts)]
+        plan = [row for row in plan if row[2] > 0]
+        images: dict[tuple[int, str], torch.Tensor] = {}
+        done, total = 0, len(concepts) * n
+        for count in sorted({c for _, _, c in plan}):
+            prompts = list(dict.fromkeys(p for _, p, c in plan if c == count))
+            out = self.sample(prompts, count, seed, steps, guidance, adapters, batch_size)
+            for i, p in enumerate(prompts):
+                images[(count, p)] = out[i * count : (i + 1) * count]
+            done += len(out)
+            if progress:
+                progress(min(done, total), total)
+        ordered = torch.cat([images[(c, p)] for _, p, c in plan])
+        labels = torch.tensor(label_list).repeat_interleave(n)
+        return ordered, labels
+
+    def sample_requests(self, requests: list[str], n: int, seed: int, steps: int, adapters, guidance, batch_size):
+        """n images per served request (a prompt, any text), as the pyfunc model answers it."""
+        return self.sample(list(requests), n, seed, steps, guidance, adapters, batch_size)
+
+    # -- the Stable-Diffusion pipeline -----------------------------------------------------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
@@ -79,8 +174,8 @@ class TextToImageGenerator(nn.Module):
 
     @property
     def example_request(self) -> str:
-        """A request this generator answers (a prompt; the empty one is always valid)."""
-        return ""
+        """A request this generator answers: a bound concept's first prompt, else the empty prompt."""
+        return next(iter(self.prompt_sets.values())).prompts[0] if self.prompt_sets else ""
 
     @property
     def vae_scale(self) -> float:
@@ -205,7 +300,7 @@ class TextToImageGenerator(nn.Module):
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-        generator = cls(unet, vae, text_encoder, tokenizer, scheduler)
+        generator = cls(unet, vae, text_encoder, tokenizer, scheduler, saved_prompt_sets(folder))
         return generator.eval().requires_grad_(False)
 
     def save(self, folder: str | Path) -> Path:
@@ -226,7 +321,21 @@ class TextToImageGenerator(nn.Module):
             "requires_safety_checker": False,
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if self.prompt_sets:
+            sets = [asdict(c) for c in self.prompt_sets.values()]
+            (folder / CONCEPTS_NAME).write_text(json.dumps({"concepts": sets}, indent=2) + "\n")
         return folder
+
+
+def saved_prompt_sets(folder: Path) -> list[PromptSet]:
+    """The prompt sets a saved folder carries (none for a folder Lethe did not write)."""
+    meta = folder / CONCEPTS_NAME
+    if not meta.is_file():
+        return []
+    return [
+        PromptSet(c["name"], tuple(c["prompts"]), tuple(c["held_out"]))
+        for c in json.loads(meta.read_text())["concepts"]
+    ]
 
 
 def _diffusers_version() -> str:

@@ -6,6 +6,9 @@ defaults: every field is required, so the file is the single source of every val
 relative to the folder that holds it, so an installed Lethe finds the artefacts of the project it is
 pointed at, not those of wherever its code lives.
 
+A file may start with `extends: params.yaml` and give only the keys it changes (the text-to-image
+workspace's `params.text-to-image.yaml` does); paths stay relative to the file that is loaded.
+
 Environment overrides: `LETHE_<SECTION>__<KEY>[__<SUBKEY>]=<YAML value>`, e.g. `LETHE_TRAIN__STEPS=50`,
 `LETHE_STORAGE__MLFLOW_URI=http://mlflow:5000`, `LETHE_TRAIN__WEIGHTS__SMOOTH=0`. The caller passes the
 environment in, so the signature says that it is read.
@@ -53,9 +56,30 @@ class PathSettings(Section):
     @field_validator("*", mode="after")
     @classmethod
     def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
-        root = (info.context or {}).get("root")
-        value = value.expanduser()
-        return value if value.is_absolute() or root is None else (Path(root) / value).resolve()
+        return resolved(value, info)
+
+
+def resolved(value: Path | None, info: ValidationInfo) -> Path | None:
+    """`value` against the params file's folder (the validation context's root), unless absolute."""
+    if value is None:
+        return None
+    root = (info.context or {}).get("root")
+    value = value.expanduser()
+    return value if value.is_absolute() or root is None else (Path(root) / value).resolve()
+
+
+class GeneratorSettings(Section):
+    """The model the pipeline unlearns from (version 1 of a new workspace) and what judges its samples."""
+
+    folder: Path  # a Lethe class-conditional folder (lethe.json) or a Stable-Diffusion-layout one (model_index.json)
+    kind: Literal["auto", "class-conditional", "text-to-image"]  # auto = what the folder's files say
+    concepts: Path | None  # text-to-image: the concept file (YAML prompt sets); None = <folder>/concepts.yaml
+    judge: str | None  # None = paths.judge; a judge folder, or `package.module:callable` returning a judge
+
+    @field_validator("folder", "concepts", mode="after")
+    @classmethod
+    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return resolved(value, info)
 
 
 class DataSettings(Section):
@@ -205,6 +229,7 @@ class EvalSettings(Section):
 
 class GateSettings(Section):
     forget_acc_max: Fraction
+    held_out_forget_acc_max: Fraction  # the same, on held-out paraphrases (text-to-image concept files)
     retain_ratio_min: NonNegative
     kid_max_ratio: Positive
 
@@ -280,6 +305,7 @@ class BaselineSettings(Section):
 
 class Settings(Section):
     paths: PathSettings
+    generator: GeneratorSettings
     data: DataSettings
     base: BaseTrainingSettings
     judge: JudgeTrainingSettings
@@ -348,20 +374,44 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_settings(file: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """The settings of `file` with the `LETHE_*` overrides found in `environ` (none when it is None)."""
-    path = Path(file).expanduser().resolve()
+EXTENDS = "extends"  # a params file may start from another one and change only some keys
+
+
+def read_params(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping of a params file, with `extends: OTHER.yaml` (relative to the file) merged under it:
+    the file's own sections replace the other's key by key, lists as a whole."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"params file {str(file)!r} does not exist (give --params PATH, or run from the "
+            f"params file {str(path)!r} does not exist (give --params PATH, or run from the "
             "project folder that holds params.yaml)"
         )
+    if path in seen:
+        raise SettingsError(f"{path}: `{EXTENDS}` loops back to a file that extends it")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise SettingsError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SettingsError(f"{path}: `{EXTENDS}` names one params file, got {parent!r}")
+    return _merged(read_params((path.parent / parent).resolve(), (*seen, path)), data)
+
+
+def _merged(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(file: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of `file` with the `LETHE_*` overrides found in `environ` (none when it is None)."""
+    path = Path(file).expanduser().resolve()
+    data = read_params(path)
     for key, value in env_overrides(environ or {}).items():
         _assign(data, key.split("."), value, f"{ENV_PREFIX}{key.upper().replace('.', ENV_SEPARATOR)}")
     return _validate(data, path.parent, str(path))

@@ -106,6 +106,7 @@ def tiny_pipeline_settings(root: Path, generator_dir: Path) -> Settings:
     )
     return small_settings(
         paths__base=str(generator_dir),
+        generator__folder=str(generator_dir),
         paths__judge=str(judge_dir),
         paths__prepared=str(prepared),
         paths__workspace=str(root / "ws"),

@@ -1,7 +1,7 @@
 from lethe.tasks.settings import GateSettings
 from lethe.tasks.steps.gates import check_gates
 
-GATES = GateSettings(forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1)
+GATES = GateSettings(forget_acc_max=0.1, held_out_forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1)
 
 
 def scored(forgotten, accuracy, retain, kid):
@@ -21,3 +21,13 @@ def test_each_gate_names_its_reason():
     assert "forget accuracy of bag is 0.300" in reasons[0] and "forget accuracy of coat" in reasons[1]
     assert "retained accuracy fell to 0.875" in reasons[2]
     assert "KID" in reasons[3]
+
+
+def test_held_out_paraphrases_of_a_forgotten_concept_are_gated_and_a_missing_kid_is_not():
+    before = scored(["bag"], {"bag": 0.9, "coat": 0.8}, 0.80, float("nan"))
+    after = scored(["bag"], {"bag": 0.0, "coat": 0.8}, 0.80, float("nan"))
+    after["held_out_accuracy"] = {"bag": 0.25, "coat": 0.9}  # coat is retained: its paraphrases may stay
+    reasons = check_gates(after, before, GATES)
+    assert reasons == ["held-out paraphrases of bag are still judged as it on 0.250 > 0.1"]
+    after["held_out_accuracy"]["bag"] = 0.05
+    assert check_gates(after, before, GATES) == []

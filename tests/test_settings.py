@@ -106,3 +106,22 @@ def test_overrides_return_a_validated_copy():
         settings.override({"train.stepz": 3})
     with pytest.raises(SettingsError, match="train.steps"):
         settings.override({"train.steps": 0})
+
+
+def test_a_file_extends_another_and_changes_only_what_it_gives(tmp_path):
+    text = load_settings(ROOT / "params.text-to-image.yaml")
+    shipped = load_settings(PARAMS)
+    assert text.generator.folder == ROOT / "artifacts" / "text_to_image" and text.generator.kind == "text-to-image"
+    assert text.sampling.guidance == 4.0 and text.sampling.steps == 10
+    assert text.adapter.solver == shipped.adapter.solver and text.base == shipped.base  # inherited
+    assert text.train.weights == shipped.train.weights and text.train.steps == 300  # merged key by key
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(SettingsError, match="loops back"):
+        load_settings(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text(f"extends: {PARAMS}\ntrain: {{stpes: 3}}\n")
+    with pytest.raises(SettingsError, match="train.stpes: unknown key"):
+        load_settings(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_settings(tmp_path / "d.yaml")

@@ -61,7 +61,11 @@ def test_an_adapter_trained_on_the_conditional_unet_changes_the_concept_and_noth
         adapter__candidates=["mid_block", "up_blocks.0", "up_blocks.1"],
         adapter__k=2,
     )
-    rows = distill_prompts(generator, AdapterStack(), concepts, "trouser", "dress", settings.distill, settings.sampling)
+    generator.with_concepts(concepts.concepts)
+    replay = distill_prompts(
+        generator, AdapterStack(), None, "trouser", "dress", [], settings.distill, settings.sampling
+    )
+    rows = replay.rows(generator)
     assert rows.forget_x0.shape == (4, 4, 8, 8) and rows.retain_x0.shape == (12, 4, 8, 8)  # latents
     assert torch.equal(rows.forget_teacher[0], generator.encode_prompts(["a dress"])[0])  # paired with the anchor
     assert torch.equal(rows.forget_student[2], generator.encode_prompts(["a pair of trousers"])[0])

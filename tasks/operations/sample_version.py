@@ -1,11 +1,10 @@
-"""`lethe sample`: a registered version's samples of one concept to a file (PNG grid or raw .npy); the same
-seed and version give the same bytes."""
+"""`lethe sample`: a registered version's samples of one concept (through its prompts, for a text-to-image
+version) or of one prompt, to a file (PNG grid or raw .npy); the same seed and version give the same bytes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lethe.models.sampler import sample
 from lethe.tasks.images import SAMPLE_FORMATS, write_samples
 from lethe.tasks.settings import SamplingSettings
 from lethe.tasks.stores.registry import Registry
@@ -13,7 +12,8 @@ from lethe.tasks.stores.registry import Registry
 
 def sample_version(
     registry: Registry,
-    concept: str,
+    concept: str | None,
+    prompt: str | None,
     version: str | None,
     n: int,
     seed: int,
@@ -23,6 +23,8 @@ def sample_version(
     columns: int,
 ) -> Path:
     out = Path(out)
+    if (concept is None) == (prompt is None):
+        raise ValueError("give either --concept NAME or --prompt TEXT")
     if out.suffix.lower() not in SAMPLE_FORMATS:
         raise ValueError(
             f"--out {str(out)!r}: lethe sample writes {' or '.join(SAMPLE_FORMATS)} files, "
@@ -38,11 +40,17 @@ def sample_version(
             raise KeyError("no production version yet: run `lethe run` (or `lethe demo`) first")
         version = production.version
     generator, adapters = registry.load(version)
-    if concept not in generator.concepts:
+    if prompt is not None and generator.request_column != "prompt":
+        raise ValueError(f"version {version} is a {generator.kind} generator: it takes --concept, not --prompt")
+    if concept is not None and concept not in generator.concepts:
         raise ValueError(
             f"--concept {concept!r} is not a concept of version {version}; known: {', '.join(generator.concepts)}"
         )
     for name in adapters.names:
         adapters.set_intensity(name, adapters.slots[name].intensity * intensity)
-    images, _ = sample(generator, [concept], n, seed, sampling.steps, adapters, sampling.guidance, sampling.batch_size)
+    steps, guidance, batch = sampling.steps, sampling.guidance, sampling.batch_size
+    if prompt is not None:
+        images = generator.sample_requests([prompt], n, seed, steps, adapters, guidance, batch)
+    else:
+        images, _ = generator.sample_concepts([concept], n, seed, steps, adapters, guidance, batch)
     return write_samples(images, out, columns=min(n, columns))

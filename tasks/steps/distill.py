@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from lethe.models.adapter_stack import AdapterStack
+from lethe.models.distill_targets import ReplayRows
 from lethe.models.generator import Generator
 from lethe.models.judge import Judge
 from lethe.models.sampler import sample
@@ -27,6 +26,14 @@ class ReplaySets:
     retain_images: torch.Tensor
     retain_labels: torch.Tensor
     anchor: str
+    concept: str
+
+    def rows(self, generator: Generator) -> ReplayRows:
+        """The replay as the pool reads it: forget images asked as the concept, taught as the anchor."""
+        concept_label, anchor_label = generator.labels([self.concept, self.anchor])
+        return ReplayRows.from_labels(
+            self.forget_images, self.retain_images, self.retain_labels, concept_label, anchor_label
+        )
 
     def forget_tensors(self) -> dict[str, torch.Tensor]:
         return {"images": self.forget_images}
@@ -67,7 +74,4 @@ def distill(
     retain_images, retain_labels = sample(
         generator, retained, n, seed, steps, teacher, sampling.guidance, batch, progress=progress
     )
-    return ReplaySets(forget_images, retain_images, retain_labels, anchor)
-
-
-distill_task = task(distill, name="distill-replay", cache_policy=NO_CACHE)
+    return ReplaySets(forget_images, retain_images, retain_labels, anchor, concept)

@@ -1,33 +1,68 @@
 """Distill for a text-to-image generator: the teacher renders latent replay of the concept's own prompts
-(the forget set) and of every other concept's prompts (the retain set); the forget rows are paired with the
-anchor's prompts, so the student learns to draw the anchor when asked for the concept. Held-out
-paraphrases are never used here: they are kept for evaluation."""
+(the forget set) and of every other concept's prompts (the retain set, concepts forgotten earlier included:
+the teacher renders those as their anchors, so distilling onto them keeps them forgotten). The forget rows
+are paired with the anchor's prompts, so the student learns to draw the anchor when asked for the concept.
+Held-out paraphrases are never used here: they are kept for evaluation. Without a given anchor, it is the
+retained concept the judge most often sees in the decoded forget replay (as for the class-conditional kind).
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 import torch
 
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.distill_targets import ReplayRows
 from lethe.models.text_generator import TextToImageGenerator
-from lethe.tasks.concept_sets import ConceptSet
 from lethe.tasks.settings import DistillSettings, SamplingSettings
+from lethe.tasks.steps.distill import nearest_retained
+
+
+@dataclass
+class PromptReplay:
+    """Teacher latents with the prompt each was drawn with; what the DVC replay sets hold."""
+
+    forget_x0: torch.Tensor
+    forget_prompts: list[str]
+    anchor_prompts: list[str]
+    retain_x0: torch.Tensor
+    retain_prompts: list[str]
+    anchor: str
+
+    def rows(self, generator: TextToImageGenerator) -> ReplayRows:
+        return generator.replay_rows(
+            self.forget_x0, self.forget_prompts, self.anchor_prompts, self.retain_x0, self.retain_prompts
+        )
+
+    def forget_tensors(self) -> dict[str, torch.Tensor]:
+        return {"latents": self.forget_x0, **prompt_tensors(self.forget_prompts, "prompts")}
+
+    def retain_tensors(self) -> dict[str, torch.Tensor]:
+        return {"latents": self.retain_x0, **prompt_tensors(self.retain_prompts, "prompts")}
+
+
+def prompt_tensors(prompts: list[str], name: str) -> dict[str, torch.Tensor]:
+    """Prompts as safetensors can hold them: the UTF-8 bytes of their JSON list."""
+    return {f"{name}_json_utf8": torch.tensor(list(json.dumps(prompts).encode()), dtype=torch.uint8)}
 
 
 def distill_prompts(
     generator: TextToImageGenerator,
     teacher: AdapterStack,
-    concepts: ConceptSet,
+    judge,
     concept: str,
-    anchor: str,
+    anchor: str | None,
+    forgotten: list[str],
     replay: DistillSettings,
     sampling: SamplingSettings,
-) -> ReplayRows:
+    progress=None,
+) -> PromptReplay:
     """`replay.replay_per_concept` teacher latents per concept, spread over its prompts (at least one each)."""
     if concept == anchor:
         raise ValueError(f"the anchor must differ from the concept ({concept!r})")
-    forget, target = concepts[concept], concepts[anchor]
-    retained = [c for c in concepts.concepts if c.name != concept]
+    generator.labels([concept] + ([anchor] if anchor else []))
 
     def render(prompts: list[str]):
         """k latents per prompt (distinct noise each), k spreading `replay_per_concept` over the prompts."""
@@ -37,8 +72,23 @@ def distill_prompts(
         )
         return latents, [p for p in prompts for _ in range(k)]
 
-    forget_x0, forget_prompts = render(list(forget.prompts))
-    retain = [render(list(c.prompts)) for c in retained]
-    retain_x0 = torch.cat([x for x, _ in retain])
-    retain_prompts = [p for _, prompts in retain for p in prompts]
-    return generator.replay_rows(forget_x0, forget_prompts, list(target.prompts), retain_x0, retain_prompts)
+    forget_x0, forget_prompts = render(generator.prompts_of(concept))
+    if anchor is None:
+        candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
+        if not candidates:
+            raise ValueError("no retained concept is left to serve as an anchor")
+        anchor = nearest_retained(judge, generator.decode(forget_x0), candidates)
+    retained = [c for c in generator.concepts if c != concept]
+    retain = []
+    for i, c in enumerate(retained):
+        retain.append(render(generator.prompts_of(c)))
+        if progress:
+            progress(i + 1, len(retained))
+    return PromptReplay(
+        forget_x0,
+        forget_prompts,
+        generator.prompts_of(anchor),
+        torch.cat([x for x, _ in retain]),
+        [p for _, prompts in retain for p in prompts],
+        anchor,
+    )

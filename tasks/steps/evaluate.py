@@ -3,7 +3,12 @@
 Every concept is sampled with the same seeds at every version, so numbers before and after a step compare
 the same starting noise. For a forgotten concept the judged accuracy is its *forget* accuracy (lower is
 better); for the others it is retain accuracy. KID compares judge features of the retained concepts' samples
-with real test images of those concepts (Inception weights cannot be downloaded here).
+with real test images of those concepts (Inception weights cannot be downloaded here); where no real image
+of a retained concept exists (a user's own concepts), KID is left out (NaN) and its gate does not apply.
+
+A generator with held-out paraphrases (a text-to-image concept file) is also sampled through them: their
+judged accuracy is the leakage test, scored apart (`held_out_accuracy`) and gated like forget accuracy.
+Concepts are matched to the judge and to the real images by name, so a generator's concept order is free.
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ from safetensors.torch import load_file, save_file
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.generator import Generator
+from lethe.models.concepts import CONCEPTS
 from lethe.models.judge import Judge, JudgeFeatures
-from lethe.models.sampler import sample
 from lethe.tasks.runtime import pick_device
 from lethe.tasks.settings import EvalSettings, SamplingSettings
 
@@ -50,71 +54,85 @@ def kid_score(judge: Judge, real: torch.Tensor, fake: torch.Tensor, subset: int,
 
 
 def generate_samples(
-    generator: Generator,
+    generator,
     adapters: AdapterStack | None,
     evaluation: EvalSettings,
     sampling: SamplingSettings,
     progress=None,
+    held_out: bool = False,
 ):
-    """The expensive half: every concept sampled with the eval seed (on CUDA when available)."""
+    """The expensive half: every concept sampled with the eval seed (on CUDA when available); with
+    `held_out`, every paraphrased concept through its held-out paraphrases instead."""
     ev, sp = evaluation, sampling
     device = pick_device(ev.device)
     modules = [m for m in (generator, adapters) if m is not None]
+    concepts = generator.paraphrased if held_out else generator.concepts
     for m in modules:
         m.to(device)
     try:
-        return sample(
-            generator,
-            generator.concepts,
+        return generator.sample_concepts(
+            concepts,
             ev.samples_per_concept,
             ev.seed,
             sp.steps,
             adapters,
             sp.guidance,
             sp.batch_size,
-            device,
             progress,
+            held_out=held_out,
         )
     finally:
         for m in modules:
             m.to("cpu")
 
 
+def judged_accuracy(judge, images: torch.Tensor, labels: torch.Tensor, concepts: list[str]) -> dict[str, float]:
+    """Per concept (labels index `concepts`), the share of its samples the judge names as that concept."""
+    predicted = judge.classify(images)
+    return {
+        c: float((predicted[labels == i] == judge.concepts.index(c)).float().mean())
+        for i, c in enumerate(concepts)
+        if (labels == i).any()
+    }
+
+
 def score(
     images: torch.Tensor,
     labels: torch.Tensor,
+    concepts: list[str],
     judge: Judge,
     forgotten: list[str],
     real_images: torch.Tensor,
     real_labels: torch.Tensor,
     evaluation: EvalSettings,
     sampling: SamplingSettings,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
-    """The cheap half: judged accuracy per concept, forget/retain summaries and KID for a forgotten list."""
+    """The cheap half: judged accuracy per concept (labels index `concepts`), forget/retain summaries and
+    KID for a forgotten list; with `held_out` samples (labelled alike), their accuracy and forget maximum."""
     device = pick_device(evaluation.device)
-    concepts = judge.concepts
     judge.to(device)
     try:
-        predicted = judge.classify(images)
-        accuracy = {
-            c: float((predicted[labels == i] == i).float().mean())
-            for i, c in enumerate(concepts)
-            if (labels == i).any()
-        }
+        accuracy = judged_accuracy(judge, images, labels, concepts)
         retained = [c for c in accuracy if c not in forgotten]
-        retained_ids = torch.tensor([concepts.index(c) for c in retained])
-        kid = kid_score(
-            judge,
-            real_images[torch.isin(real_labels, retained_ids)],
-            images[torch.isin(labels, retained_ids)],
-            evaluation.kid_subset,
-            evaluation.kid_subsets,
-            device,
-        )
+        real_ids = torch.tensor([CONCEPTS.index(c) for c in retained if c in CONCEPTS])
+        fake_ids = torch.tensor([concepts.index(c) for c in retained if c in CONCEPTS])
+        kid = float("nan")
+        if len(real_ids):
+            kid = kid_score(
+                judge,
+                real_images[torch.isin(real_labels, real_ids)],
+                images[torch.isin(labels, fake_ids)],
+                evaluation.kid_subset,
+                evaluation.kid_subsets,
+                device,
+            )
+        held = judged_accuracy(judge, *held_out, concepts) if held_out is not None else {}
     finally:
         judge.to("cpu")
     forget_accs = [accuracy[c] for c in forgotten]
-    return {
+    held_forget = [held[c] for c in forgotten if c in held]
+    out = {
         "accuracy": accuracy,
         "forgotten": list(forgotten),
         "forget_acc_max": max(forget_accs) if forget_accs else 0.0,
@@ -124,6 +142,10 @@ def score(
         "samples_per_concept": evaluation.samples_per_concept,
         "eval_key": eval_key(evaluation, sampling),
     }
+    if held:
+        out["held_out_accuracy"] = held
+        out["held_out_forget_acc_max"] = max(held_forget) if held_forget else 0.0
+    return out
 
 
 class EvalCache:
@@ -132,7 +154,7 @@ class EvalCache:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def _path(self, version: str, key: str) -> Path:
+    def _path(self, version: str, key: str) -> Path:  # held-out samples: key + "-held-out"
         return self.folder / f"v{version}-{key}.safetensors"
 
     def get(self, version: str, key: str):

@@ -6,16 +6,14 @@ from __future__ import annotations
 import hashlib
 
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.generator import Generator
-from lethe.models.sampler import sample
 from lethe.tasks.settings import FingerprintSettings, SamplingSettings
 
 
 def sample_fingerprint(
-    generator: Generator, adapters: AdapterStack | None, fingerprint: FingerprintSettings, sampling: SamplingSettings
+    generator, adapters: AdapterStack | None, fingerprint: FingerprintSettings, sampling: SamplingSettings
 ) -> str:
-    images, _ = sample(
-        generator,
+    """Of either generator kind: its concepts through `sample_concepts`."""
+    images, _ = generator.sample_concepts(
         generator.concepts,
         fingerprint.per_concept,
         fingerprint.seed,

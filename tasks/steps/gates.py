@@ -1,4 +1,5 @@
-"""Quality gates: a new version may become production only if it forgets, retains and still looks right."""
+"""Quality gates: a new version may become production only if it forgets (its concepts' own prompts and, where
+the concept file has them, their held-out paraphrases), retains and still looks right."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ def check_gates(after: dict, before: dict, gates: GateSettings) -> list[str]:
         acc = after["accuracy"][concept]
         if acc > gates.forget_acc_max:
             reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {gates.forget_acc_max}")
+    for concept, acc in after.get("held_out_accuracy", {}).items():
+        if concept in after["forgotten"] and acc > gates.held_out_forget_acc_max:
+            reasons.append(
+                f"held-out paraphrases of {concept} are still judged as it on {acc:.3f} > "
+                f"{gates.held_out_forget_acc_max}"
+            )
     ratio = after["retain_acc_mean"] / max(before["retain_acc_mean"], 1e-9)
     if ratio < gates.retain_ratio_min:
         reasons.append(
@@ -19,7 +26,7 @@ def check_gates(after: dict, before: dict, gates: GateSettings) -> list[str]:
             f"({before['retain_acc_mean']:.3f} -> {after['retain_acc_mean']:.3f}) "
             f"< {gates.retain_ratio_min}"
         )
-    if after["kid"] > gates.kid_max_ratio * max(before["kid"], 0.0):
+    if after["kid"] > gates.kid_max_ratio * max(before["kid"], 0.0):  # NaN (no real images): no KID gate
         reasons.append(
             f"KID on retained concepts rose from {before['kid']:.4f} to {after['kid']:.4f}, "
             f"more than {gates.kid_max_ratio}x the parent's"

@@ -134,19 +134,24 @@ def train_adapter(
 ) -> TrainResult:
     """Train the adapter `name` (the request's stable name in the stack) on top of `teacher`, for a
     class-conditional generator: replay images with concept labels."""
+    concept_label, anchor_label = generator.labels([concept, anchor])
+    rows = ReplayRows.from_labels(forget_images, retain_images, retain_labels, concept_label, anchor_label)
+    return train_on_rows(generator, teacher, rows, adapter, train, name, progress)
+
+
+def train_on_rows(
+    generator,
+    teacher: AdapterStack,
+    rows: ReplayRows,
+    adapter: AdapterSettings,
+    train: TrainSettings,
+    name: str,
+    progress=None,
+) -> TrainResult:
+    """Train the adapter `name` from replay rows of either generator kind (`replay.rows(generator)`)."""
     start = time.time()
     generator.requires_grad_(False)
-    pool = build_targets(
-        generator,
-        teacher,
-        forget_images,
-        retain_images,
-        retain_labels,
-        concept,
-        anchor,
-        train,
-        retain_targets=train.retain_space == "eps",
-    )
+    pool = build_pool(generator, teacher, rows, train, retain_targets=train.retain_space == "eps")
     return train_on_pool(generator, teacher, pool, adapter, train, name, progress, start)
 
 
@@ -231,4 +236,4 @@ def train_on_pool(
     return TrainResult(student, name, params_count, round(time.time() - start, 1), history, targets, saliency)
 
 
-train_adapter_task = task(train_adapter, name="train-ode-adapter", cache_policy=NO_CACHE)
+train_adapter_task = task(train_on_rows, name="train-ode-adapter", cache_policy=NO_CACHE)

@@ -5,7 +5,8 @@ code path, so loading or serving a version needs torch, diffusers, torchdiffeq a
 Lethe's pipeline and not any package resolved by name from a public index.
 
 `mlflow.pyfunc.load_model("models:/lethe-generator@production").predict(pd.DataFrame({"concept": [...]}))`
-returns the images (N x C x H x W float32 in [-1, 1]); optional integer columns `n` and `seed` per row.
+(a `prompt` column for a text-to-image version) returns the images (N x C x H x W float32 in [-1, 1]);
+optional integer columns `n` and `seed` per row.
 """
 
 from __future__ import annotations
@@ -49,19 +50,12 @@ class LetheModel(mlflow.pyfunc.PythonModel):
             self.sampling = json.load(f)
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # DataFrame: validated by SIGNATURES
-        from lethe.models.sampler import sample
-
-        s, out = self.sampling, []
+        s, out, column = self.sampling, [], self.generator.request_column
         for row in model_input.to_dict("records"):
             n, seed = _count(row.get("n"), 1), _count(row.get("seed"), 0)
-            if self.generator.kind == "text-to-image":
-                images = self.generator.sample(
-                    [row["prompt"]], n, seed, s["steps"], s["guidance"], self.adapters, s["batch_size"]
-                )
-            else:
-                images, _ = sample(
-                    self.generator, [row["concept"]], n, seed, s["steps"], self.adapters, s["guidance"], s["batch_size"]
-                )
+            images = self.generator.sample_requests(
+                [row[column]], n, seed, s["steps"], self.adapters, s["guidance"], s["batch_size"]
+            )
             out.append(images.numpy())
         return np.concatenate(out)
 
