@@ -12,6 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 demo: models                      ## install, verify data and models, run the demo requests, print the lineage
 	$(BIN)/lethe demo
+	$(BIN)/lethe --params params.text-to-image.yaml demo
 
 test: lint check-models           ## the checks and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
