@@ -3,12 +3,15 @@ the same replay images, noise, timesteps and teacher targets) and the same seede
 
 - `dfr-ft` (Distill-Forget-Repeat): the whole UNet is fine-tuned per request with the forget and
   retain-distillation losses plus an L2 penalty pulling the weights back to the previous model's.
-- `esd` (Erased Stable Diffusion, ESD-u: every weight, as this UNet has no cross-attention): the student,
-  asked for the concept, is trained towards negative guidance eps(x, null) - eta * (eps(x, c) - eps(x, null))
-  of the frozen previous model; forget rows only, no retain term (as in ESD).
+- `esd` (Erased Stable Diffusion): the student, asked for the concept, is trained towards negative guidance
+  eps(x, null) - eta * (eps(x, c) - eps(x, null)) of the frozen previous model; forget rows only, no retain
+  term (as in ESD). `baselines.esd.variant` picks the weights: `conditioning` (the counterpart of ESD-x for a
+  model whose conditioning is a class embedding: that embedding and the projections that read it,
+  cross-attention on a text model) or `u` (every weight).
 - `fade-lora` (FADE/SPARE): LoRA (peft) on the conv layers with the highest forget-loss weight saliency
-  |grad * weight|, trained with the same forget (self-distillation onto the anchor) and retain losses; merged
-  into the weights after the request, so the next request starts from the merged model.
+  |grad * weight|, ranked among the convs of Lethe's candidate blocks (`scope: candidates`) or all of them,
+  trained with the same forget (self-distillation onto the anchor) and retain losses; merged into the weights
+  after the request, so the next request starts from the merged model.
 - `retrain`: the base recipe (`tasks.train_base`) run from scratch on the training data minus every forgotten
   concept; the gold standard, trained once at the end of the sequence.
 """
@@ -99,8 +102,12 @@ def train_esd(
     start = time.time()
     targets = negative_guidance_targets(generator, pool, recipe.eta, settings.sampling.batch_size)
     student = copy.deepcopy(generator)
-    student.unet.requires_grad_(True).train()
-    optimiser = torch.optim.Adam(student.unet.parameters(), lr=recipe.lr)
+    student.unet.train()
+    weights = esd_weights(student.unet, recipe.variant)
+    student.unet.requires_grad_(False)
+    for p in weights:
+        p.requires_grad_(True)
+    optimiser = torch.optim.Adam(weights, lr=recipe.lr)
 
     def batch_loss():
         idx = torch.randint(pool.n_forget, (train.batch_size,), generator=rng)
@@ -108,13 +115,33 @@ def train_esd(
         return noise_matching(eps, targets[idx])
 
     _optimise(optimiser, train.steps, batch_loss, progress)
-    trainable = sum(p.numel() for p in student.unet.parameters())
+    trainable = sum(p.numel() for p in weights)
     return _frozen(student), trainable, round(time.time() - start, 1)
 
 
-def weight_saliency(generator: Generator, pool: DistillTargets, rows: int) -> dict[str, float]:
-    """FADE's localisation: mean |grad * weight| of the forget loss for every conv layer of the UNet."""
-    convs = {n: m for n, m in generator.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+CONDITIONING = ("class_embedding", "time_emb_proj", "attn2")  # what carries the condition into the UNet
+
+
+def esd_weights(unet: torch.nn.Module, variant: str) -> list[torch.nn.Parameter]:
+    """ESD's trainable weights: every one (`u`) or those on the conditioning path (`conditioning`)."""
+    if variant == "u":
+        return list(unet.parameters())
+    found = [p for n, p in unet.named_parameters() if any(part in n.split(".") for part in CONDITIONING)]
+    if not found:
+        raise ValueError("this UNet has no conditioning weights (class_embedding, time_emb_proj, attn2)")
+    return found
+
+
+def weight_saliency(
+    generator: Generator, pool: DistillTargets, rows: int, within: list[str] | None = None
+) -> dict[str, float]:
+    """FADE's localisation: mean |grad * weight| of the forget loss for every conv layer of the UNet (or of
+    the blocks named in `within`)."""
+    convs = {
+        n: m
+        for n, m in generator.unet.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and (within is None or any(n.startswith(b + ".") for b in within))
+    }
     idx = torch.arange(min(rows, pool.n_forget))
     unet = generator.unet
     unet.requires_grad_(True)
@@ -139,7 +166,8 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
     torch.manual_seed(train.seed)
     rng = torch.Generator().manual_seed(train.seed)
     start = time.time()
-    scores = weight_saliency(generator, pool, recipe.saliency_rows)
+    within = list(settings.adapter.candidates) if recipe.scope == "candidates" else None
+    scores = weight_saliency(generator, pool, recipe.saliency_rows, within)
     modules = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")][:n_modules]
     student = copy.deepcopy(generator)
     peft_unet = get_peft_model(student.unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))

@@ -7,6 +7,7 @@
     python benchmarks/continual.py ablation             # trajectory terms and adapter placement, first request
     python benchmarks/continual.py floors               # per request: the judge's confusion of anchor with concept
     python benchmarks/continual.py merge                # parts -> continual.json
+    python benchmarks/continual.py --params params.text-to-image.yaml methods   # text-to-image: continual_text.py
 
 Per step and method: forget accuracy over every concept forgotten so far (judged on `--forget-samples` samples
 each, with a Wilson interval), retained accuracy in- and cross-domain relative to the base on the same sampling
@@ -40,10 +41,12 @@ from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
 from lethe.models.judge import Judge  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
+from lethe.models.text_generator import is_text_to_image_folder  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import Settings, SettingsError, load_settings  # noqa: E402
 from lethe.tasks.steps.distill import distill  # noqa: E402
 from lethe.tasks.steps.evaluate import kid_score  # noqa: E402
+from lethe.tasks.steps.gates import check_gates  # noqa: E402
 from lethe.tasks.steps.train_adapter import build_targets, train_adapter  # noqa: E402
 from lethe.tasks.stores.prepared_splits import load_split  # noqa: E402
 
@@ -72,9 +75,12 @@ class Evaluation:
     """Samples every concept on fixed seeds: forgotten concepts `forget_n` times, the others `retain_n` times
     (the first `retain_n` of a concept's noise stream are the same whatever n), and compares with the base."""
 
-    def __init__(self, judge: Judge, real, settings: Settings, forget_n: int, retain_n: int, seed: int):
+    def __init__(
+        self, judge: Judge, real, settings: Settings, forget_n: int, retain_n: int, seed: int, collapse_min=0.5
+    ):
         self.judge, self.real, self.settings = judge, real, settings
         self.forget_n, self.retain_n, self.seed = forget_n, retain_n, seed
+        self.collapse_min = collapse_min
         self.base: dict | None = None
 
     def predictions(self, generator: Generator, adapters, concepts: list[str], n: int):
@@ -100,7 +106,7 @@ class Evaluation:
         if few:
             i2, l2, p2 = self.predictions(generator, adapters, few, self.retain_n)
             images, labels, predicted = torch.cat([images, i2]), torch.cat([labels, l2]), torch.cat([predicted, p2])
-        out = {"acc": {}, "hits": {}, "n": {}, "first": {}, "prob": {}}
+        out = {"acc": {}, "hits": {}, "n": {}, "first": {}, "prob": {}, "pred": {}, "diversity": {}}
         own = self.own_probability(images, labels)
         for c in concepts:
             i = concepts.index(c)
@@ -109,6 +115,8 @@ class Evaluation:
             out["prob"][c] = float(own[labels == i].mean())
             out["hits"][c], out["n"][c] = int((mine == i).sum()), len(mine)
             out["first"][c] = mine[: self.retain_n]  # the base comparison uses the common prefix
+            out["pred"][c] = mine
+            out["diversity"][c] = diversity(self.judge, images[labels == i][: self.retain_n])
         out["images"], out["labels"] = images, labels
         out["kid"] = self.kid(out, [c for c in concepts if c not in forgotten], concepts)
         return out
@@ -128,10 +136,36 @@ class Evaluation:
             "cpu",
         )
 
-    def row(self, generator: Generator, adapters, forgotten: list[str], domain_of: str | None) -> dict:
+    def row(
+        self,
+        generator: Generator,
+        adapters,
+        forgotten: list[str],
+        domain_of: str | None,
+        anchors: dict[str, str] | None = None,
+        parent: dict | None = None,
+    ) -> dict:
         """The metric columns of one benchmark row (the base must have been measured first)."""
+        return self.measured_row(generator, adapters, forgotten, domain_of, anchors, parent)[0]
+
+    def measured_row(self, generator, adapters, forgotten, domain_of, anchors=None, parent=None):
+        """(the row's columns, the measurement behind them: the next step's `parent`)."""
         m = self.measure(generator, adapters, forgotten, forgotten)
-        concepts = generator.concepts
+        return self.row_of(m, generator.concepts, forgotten, domain_of, anchors, parent), m
+
+    def row_of(
+        self,
+        m: dict,
+        concepts: list[str],
+        forgotten: list[str],
+        domain_of: str | None,
+        anchors: dict[str, str] | None = None,
+        parent: dict | None = None,
+    ) -> dict:
+        """The columns of a measurement `m` against the base. With `anchors` (concept -> anchor): the share of
+        each forgotten concept's samples judged as its anchor. Collapse: a concept's sample diversity below
+        `collapse_min` of the base's (for a forgotten concept, of its anchor's base samples). With `parent`
+        (the previous model's measurement): the pipeline's gates, as if the step were to be promoted."""
         retained = [c for c in concepts if c not in forgotten]
 
         def prefix_acc(result, c):
@@ -159,7 +193,58 @@ class Evaluation:
             "kid": round(m["kid"], 3),
             "kid_ratio": round(m["kid"] / self.kid(self.base, retained, concepts), 4),  # base on the same concepts
             "accuracy": {c: round(m["acc"][c], 4) for c in concepts},
+            **self.anchor_columns(m, concepts, forgotten, anchors or {}),
+            **self.collapse_columns(m, retained, forgotten, anchors or {}),
+            **self.gate_columns(m, concepts, forgotten, parent),
         }
+
+    def anchor_columns(self, m: dict, concepts: list[str], forgotten: list[str], anchors: dict) -> dict:
+        each = {
+            c: round(float((m["pred"][c] == concepts.index(anchors[c])).float().mean()), 4)
+            for c in forgotten
+            if anchors.get(c)
+        }
+        return {"drawn_as_anchor": min(each.values()) if each else None, "drawn_as_anchor_each": each}
+
+    def collapse_columns(self, m: dict, retained: list[str], forgotten: list[str], anchors: dict) -> dict:
+        """Diversity (mean pairwise judge-feature distance) against the base's: featureless or repeated
+        images score near 0 whatever the judge calls them, so a collapsed step cannot pass on accuracy."""
+        base = self.base["diversity"]
+        ratios = {c: m["diversity"][c] / max(base[c], 1e-9) for c in retained}
+        ratios.update({c: m["diversity"][c] / max(base[anchors.get(c) or c], 1e-9) for c in forgotten})
+        worst = min(ratios, key=ratios.get) if ratios else None
+        return {
+            "diversity_ratio_min": round(ratios[worst], 4) if worst else None,
+            "diversity_worst": worst,
+            "collapsed": bool(worst and ratios[worst] < self.collapse_min),
+        }
+
+    def gate_columns(self, m: dict, concepts: list[str], forgotten: list[str], parent: dict | None) -> dict:
+        """The pipeline's own gates (tasks/steps/gates.py) on this measurement against the parent's."""
+        if parent is None:
+            return {}
+        retained = [c for c in concepts if c not in forgotten]
+
+        def scored(result: dict) -> dict:
+            return {
+                "forgotten": list(forgotten),
+                "accuracy": result["acc"],
+                "retain_acc_mean": sum(result["acc"][c] for c in retained) / max(len(retained), 1),
+                "kid": self.kid(result, retained, concepts),
+            }
+
+        reasons = check_gates(scored(m), scored(parent), self.settings.gates)
+        return {"rejected": bool(reasons), "gate_reasons": reasons}
+
+
+def diversity(judge: Judge, images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of the judge's features of `images` (0 for fewer than two)."""
+    if len(images) < 2:
+        return 0.0
+    with torch.no_grad():
+        features = torch.cat([judge.features(images[i : i + 512]) for i in range(0, len(images), 512)])
+    distances = torch.cdist(features, features)
+    return float(distances.sum() / (len(images) * (len(images) - 1)))
 
 
 def sampling_seconds(generator: Generator, adapters, steps: int, n: int = 64, repeats: int = 2) -> float:
@@ -286,20 +371,15 @@ class Bench:
         name = name or method
         rows = [dict(self.base_row(name, seed))]
         generator, stack, forgotten = copy.deepcopy(self.base), AdapterStack(), []
+        anchors, parent = {}, self.eval.base
         for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
             generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
                 method, generator, stack, concept, anchor, forgotten, settings, name=f"step-{step}"
             )
-            forgotten = forgotten + [concept]
-            row = {
-                "method": name,
-                "seed": seed,
-                "step": step,
-                "concept": concept,
-                "anchor": anchor,
-                **self.eval.row(generator, stack, forgotten, concept),
-            }
+            forgotten, anchors = forgotten + [concept], {**anchors, concept: anchor}
+            columns, parent = self.eval.measured_row(generator, stack, forgotten, concept, anchors, parent)
+            row = {"method": name, "seed": seed, "step": step, "concept": concept, "anchor": anchor, **columns}
             row.update(
                 trainable_params=trainable,
                 base_params=self.base_params,
@@ -543,9 +623,12 @@ def machine() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "part", nargs="?", default="all", choices=["all", "methods", "retrain", "sweep", "ablation", "floors", "merge"]
+        "part",
+        nargs="?",
+        default="all",
+        choices=["all", "methods", "retrain", "sweep", "ablation", "floors", "merge", "tune"],
     )
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="default", help=f"comma-separated; default: {','.join(METHODS)}")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     parser.add_argument(
         "--sequence",
@@ -575,6 +658,19 @@ def main(argv=None) -> int:
     except SettingsError as error:
         raise SystemExit(f"--set: {error}") from None
     configure_torch(settings.runtime)
+    info = {
+        "machine": machine(),
+        "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
+        "sequence": args.sequence,
+    }
+    if is_text_to_image_folder(settings.generator.folder):
+        from benchmarks.continual_text import run
+
+        return run(args, settings, write, lambda: round(peak_rss_mb(), 1), info)
+    if args.part == "tune":
+        parser.error("for the class-conditional model, tuning is benchmarks/tune.py")
+    if args.methods == "default":
+        args.methods = ",".join(METHODS)
     if args.name and (args.part != "methods" or "," in args.methods):
         parser.error("--name labels one method's run: use it with `methods --methods M`")
     args.sequence = SEQUENCES.get(args.sequence, args.sequence)
@@ -594,11 +690,6 @@ def main(argv=None) -> int:
         parts,
         measure_base=args.part != "floors",
     )
-    info = {
-        "machine": machine(),
-        "command": "python benchmarks/continual.py " + " ".join(argv or sys.argv[1:]),
-        "sequence": args.sequence,
-    }
     print(info["machine"], flush=True)
     if args.part in ("all", "methods"):
         for method in args.methods.split(","):

@@ -126,6 +126,19 @@ def params_cell(row: dict) -> str:
     return text
 
 
+def checks_cell(row: dict) -> str:
+    """Drawn as anchor (worst forgotten concept), diversity against the base, and the pipeline's gates, where
+    the run recorded them (rows made before issue 11 did not)."""
+    parts = []
+    if row.get("drawn_as_anchor") is not None:
+        parts.append(f"as anchor {pct(row['drawn_as_anchor'], 0)}")
+    if row.get("diversity_ratio_min") is not None:
+        parts.append(f"diversity ×{row['diversity_ratio_min']:.2f}" + (" COLLAPSED" if row.get("collapsed") else ""))
+    if "rejected" in row:
+        parts.append(f"REJECTED ({len(row['gate_reasons'])})" if row["rejected"] else "gates pass")
+    return ", ".join(parts) or DASH
+
+
 def request_cell(row: dict) -> str:
     if int(row.get("step", 0)) == 0:
         return "base"
@@ -295,6 +308,10 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
         written.append(plot_sweep(sweep, plots))
     if ablation:
         written.append(plot_ablation(ablation, plots))
+    test = load(results_dir, "test.json")
+    if test:
+        plots.mkdir(parents=True, exist_ok=True)
+        written += plot_continual(test, plots, "test")
     return written
 
 
@@ -315,6 +332,7 @@ def continual_markdown(
         "retain cross-domain",
         "unchanged",
         "KID",
+        "checks",
         "trainable params",
         "step s",
         "sampling s",
@@ -333,6 +351,7 @@ def continual_markdown(
                     pct(row.get("retain_acc_cross")),
                     pct(row.get("unchanged")),
                     kid_cell(row),
+                    checks_cell(row),
                     params_cell(row),
                     num(row.get("step_seconds"), ".1f"),
                     num(row.get("sample_seconds"), ".2f"),
@@ -504,6 +523,178 @@ def ablation_markdown(rows: list[dict], plots: Path) -> str:
     return "\n".join(["## Ablations", "", table(header, body), "", image_link(plots / "ablation.png", "Ablations"), ""])
 
 
+def text_markdown(rows: list[dict], plots: Path) -> str:
+    """The text-to-image sequence (continual-text.json): forget on the requests' prompts and, apart, on
+    held-out paraphrases, per method and step, then the last step side by side with the issue's targets."""
+    groups = by_method_step(rows)
+    first = next(iter(groups.values()), {})
+    sequence = ", ".join(request_cell(rs[0]) for step, rs in first.items() if step > 0)
+    command = rows[0].get("command", "") if rows else ""
+    out = ["## Text-to-image: 5-request sequence", "", f"Sequence: {sequence}. `{command}`", ""]
+    header = [
+        "step",
+        "seed",
+        "concept → anchor",
+        "forget (prompts)",
+        "forget (held-out paraphrases)",
+        "retain (% of base)",
+        "drawn as anchor (worst)",
+        "KID",
+        "trainable params (% of UNet)",
+        "replay s",
+        "train s",
+        "step s",
+        "sampling s",
+    ]
+
+    def held_cell(row):
+        text = pct(row.get("held_out_forget_acc"))
+        ci = row.get("held_out_forget_ci")
+        if row.get("held_out_forget_acc") is not None and ci:
+            text += f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+        return text
+
+    def cells(row):
+        return [
+            str(row["step"]),
+            str(row.get("seed", DASH)),
+            request_cell(row),
+            forget_cell(row),
+            held_cell(row),
+            pct(row.get("retain_acc")),
+            pct(min(row["drawn_as_anchor_each"].values())) if row.get("drawn_as_anchor_each") else DASH,
+            kid_cell(row),
+            params_cell({**row, "base_params": row.get("unet_params")}),
+            num(row.get("replay_seconds"), ".1f"),
+            num(row.get("train_seconds"), ".1f"),
+            num(row.get("step_seconds"), ".1f"),
+            num(row.get("sample_seconds"), ".2f"),
+        ]
+
+    for method, steps in groups.items():
+        body = [cells(r) for _, step_rows in steps.items() for r in sorted(step_rows, key=lambda r: r["seed"])]
+        out += [f"### {method}", "", table(header, body), ""]
+    final = []
+    for method, steps in groups.items():
+        last = steps[max(steps)]
+        final.append(
+            [
+                method,
+                str(len(last)),
+                agg(last, "forget_acc", percent=True),
+                agg(last, "held_out_forget_acc", percent=True),
+                agg(last, "retain_acc", percent=True),
+                agg(last, "kid_ratio", fmt=".2f"),
+                agg([dict(r, per=r["trainable_params"] / r["unet_params"]) for r in last], "per", percent=True),
+                agg(last, "stack_params", fmt=",.0f"),
+                agg([r for s in steps.values() for r in s if r["step"] > 0], "step_seconds", fmt=".1f"),
+            ]
+        )
+    final_header = [
+        "method",
+        "seeds",
+        "forget (prompts), worst",
+        "forget (held-out), worst",
+        "retain (% of base)",
+        "KID ratio",
+        "params per request (% of UNet)",
+        "adapter params in the model after 5",
+        "mean step s",
+    ]
+    base = next(iter(first.get(0, [])), {})
+    concept_header = ["method", "concept → anchor", "base (prompts)", "forget (prompts)", "forget (held-out)"]
+    concept_header += ["anchor's confusion", "drawn as anchor"]
+    concept_body = []
+    for method, steps in groups.items():
+        last = steps[max(steps)][0]
+        for c, acc in last.get("forget_acc_each", {}).items():
+            anchor = next((r[0]["anchor"] for r in steps.values() if r[0].get("concept") == c), None)
+            concept_body.append(
+                [
+                    method,
+                    f"{c} → {anchor}",
+                    pct(base.get("forget_acc_each", {}).get(c)),
+                    pct(acc),
+                    pct(last.get("held_out_acc_each", {}).get(c)),
+                    pct(last.get("floor_each", {}).get(c)),
+                    pct(last.get("drawn_as_anchor_each", {}).get(c)),
+                ]
+            )
+    out += ["### Every forgotten concept after the last step", "", table(concept_header, concept_body), ""]
+    out += [
+        "### After the 5th request",
+        "",
+        "Targets (issue 10): forget ≤ 5% on prompts and ≤ 10% on held-out paraphrases, retain ≥ 97% of the base, "
+        "≤ 5 minutes per request, adapter parameters ≤ 1% of the UNet.",
+        "",
+        table(final_header, final),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def config_cell(config: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in config.items()) or "as in params"
+
+
+def tuning_markdown(rows: list[dict], plots: Path) -> str:
+    """Validation runs under the protocol (tuning.json): every configuration's last step, the chosen one marked."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["tuned_method"], r["method"]), []).append(r)
+    body = []
+    for (method, label), steps in runs.items():
+        last = max(steps, key=lambda r: r["step"])
+        later = [r for r in steps if r["step"] > 0]
+        each = ", ".join(f"{c} {pct(a)}" for c, a in last.get("forget_acc_each", {}).items())
+        body.append(
+            [
+                method,
+                config_cell(last.get("config", {})),
+                each or DASH,
+                pct(last.get("retain_acc")),
+                pct(last.get("drawn_as_anchor")),
+                "yes" if any(r.get("collapsed") for r in later) else "no",
+                str(sum(bool(r.get("rejected")) for r in later)),
+                num(last.get("kid_ratio")),
+                "**chosen**" if last.get("chosen") else "",
+            ]
+        )
+    header = [
+        "method",
+        "configuration",
+        "forget per concept (last step)",
+        "retain (% of base)",
+        "drawn as anchor (worst)",
+        "collapsed",
+        "rejected steps",
+        "KID ratio",
+        "",
+    ]
+    sequence = rows[0].get("command", "") if rows else ""
+    return "\n".join(["## Protocol: validation (tuning)", "", f"`{sequence}`", "", table(header, body), ""])
+
+
+def text_tuning_markdown(rows: list[dict], plots: Path) -> str:
+    """The text-to-image validation request (tuning-text.json), one row per method and configuration."""
+    body = [
+        [
+            r["method"],
+            config_cell(r.get("config", {})),
+            request_cell(r),
+            forget_cell(r),
+            pct(r.get("held_out_forget_acc")),
+            pct(r.get("retain_acc")),
+            num(r.get("kid_ratio")),
+            "**chosen**" if r.get("chosen") else "",
+        ]
+        for r in rows
+        if r["step"] > 0
+    ]
+    header = ["method", "configuration", "request", "forget (prompts)", "forget (held-out)", "retain", "KID ratio", ""]
+    return "\n".join(["## Text-to-image: tuning on the validation request", "", table(header, body), ""])
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -517,6 +708,10 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("floors.json", floors_markdown),
         ("sweep.json", sweep_markdown),
         ("ablation.json", ablation_markdown),
+        ("tuning.json", tuning_markdown),
+        ("test.json", partial(continual_markdown, title="Protocol: test sequence", prefix="test")),
+        ("tuning-text.json", text_tuning_markdown),
+        ("continual-text.json", text_markdown),
     ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):
             continue  # the ten-request floors include the five-request ones

@@ -188,6 +188,8 @@ class AdapterSettings(Section):
 class DistillSettings(Section):
     replay_per_concept: PositiveInt
     seed: int
+    anchor_rule: Literal["least-confused", "nearest"]  # the automatic anchor (tasks/steps/anchor_choice.py)
+    anchor_domain: Literal["same", "any"]  # prefer candidates of the concept's own domain, where known
 
 
 class LossWeights(Section):
@@ -281,6 +283,7 @@ class FullFinetuneSettings(Section):
 class ESDSettings(Section):
     lr: Positive
     eta: Positive
+    variant: Literal["conditioning", "u"]  # conditioning path only (ESD-x's counterpart) or every weight (ESD-u)
 
 
 class LoraSettings(Section):
@@ -288,6 +291,7 @@ class LoraSettings(Section):
     rank: PositiveInt
     modules: PositiveInt
     saliency_rows: PositiveInt
+    scope: Literal["candidates", "all"]  # convs inside adapter.candidates (Lethe's family), or every conv
 
 
 class RetrainSettings(Section):

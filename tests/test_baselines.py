@@ -52,16 +52,30 @@ def test_esd_target_is_negative_guidance_away_from_the_concept():
     uncond, _ = teacher.predict_noise(xt, t, torch.full_like(labels, teacher.null_label))
     assert torch.allclose(targets, uncond - 2.0 * (cond - uncond), atol=1e-6)
     before = state(teacher)
-    student, trainable, _ = train_esd(teacher, pool, params)
-    assert changed(before, state(teacher)) == [] and len(changed(before, state(student))) > 0
+    student, trainable, _ = train_esd(teacher, pool, params)  # params.yaml: the conditioning path
+    assert params.baselines.esd.variant == "conditioning"
+    moved = changed(before, state(student))
+    assert changed(before, state(teacher)) == [] and moved
+    assert all("class_embedding" in n or "time_emb_proj" in n for n in moved)
+    assert trainable == sum(p.numel() for n, p in teacher.unet.named_parameters() if n in esd_names(teacher))
+    everything = params.override({"baselines.esd.variant": "u"})
+    student, trainable, _ = train_esd(teacher, pool, everything)
     assert trainable == sum(p.numel() for p in teacher.unet.parameters())
+    assert len(changed(before, state(student))) > len(moved)
+
+
+def esd_names(generator) -> set[str]:
+    return {n for n, _ in generator.unet.named_parameters() if "class_embedding" in n or "time_emb_proj" in n}
 
 
 def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_them():
     teacher, pool, params = pool_and_teacher(
         baselines__fade_lora__rank=2, baselines__fade_lora__modules=3, baselines__fade_lora__lr=1e-2
     )
-    scores = weight_saliency(teacher, pool, params.baselines.fade_lora.saliency_rows)
+    assert params.baselines.fade_lora.scope == "candidates"  # ranked within Lethe's candidate blocks
+    candidates = list(params.adapter.candidates)
+    scores = weight_saliency(teacher, pool, params.baselines.fade_lora.saliency_rows, candidates)
+    assert scores and all(any(n.startswith(b + ".") for b in candidates) for n in scores)
     assert not any(p.requires_grad for p in teacher.unet.parameters())
     before = state(teacher)
     student, trainable, _, modules = train_lora(teacher, pool, params)

@@ -67,6 +67,11 @@ def test_every_part_runs_and_writes_its_rows(tiny_pipeline, tmp_path, monkeypatc
     assert 0 < lora["trainable_params"] < 0.05 * lora["base_params"] and lora["targets"]
     assert rows[0]["forget_acc"] is None and rows[0]["retain_acc_in"] == 1.0
     assert lethe["forget_n"] == 4 and len(lethe["forget_ci"]) == 2
+    # the checks a degenerate step cannot pass: drawn as its anchor, diversity, the pipeline's gates
+    assert set(lethe["drawn_as_anchor_each"]) == {"trouser", "digit_3"}
+    assert 0.0 <= lethe["drawn_as_anchor"] <= 1.0 and lethe["diversity_ratio_min"] >= 0.0
+    assert isinstance(lethe["collapsed"], bool) and isinstance(lethe["rejected"], bool)
+    assert lethe["rejected"] == bool(lethe["gate_reasons"])
     assert main(["sweep", *common]) == 0
     sweep = json.loads((results / "sweep.json").read_text())
     assert [r["intensity"] for r in sweep] == [0.5, 0.75, 1.0, 1.5, 2.0]

@@ -117,3 +117,36 @@ def test_a_plug_in_judge_is_checked_when_opened(tmp_path):
         open_judge("tests.no_such_module:judge", tmp_path)
     with pytest.raises(ValueError, match="neither a judge folder"):
         open_judge(str(tmp_path / "missing"), tmp_path)
+
+
+def test_the_text_benchmark_runs_the_sequence_and_measures_paraphrases_apart(text_pipeline, tmp_path):
+    from benchmarks.continual import main
+
+    settings = text_pipeline.settings.override({"train.steps": 3, "distill.replay_per_concept": 2})
+    path = write_settings(settings, tmp_path / "bench-params.yaml")
+    results = tmp_path / "results"
+    common = ["--params", str(path), "--results", str(results), "--forget-samples", "2", "--retain-samples", "2"]
+    assert main(["methods", "--sequence", "trouser:dress,digit_3:", *common]) == 0
+    rows = json.loads((results / "continual-text.json").read_text())
+    assert [(r["method"], r["step"]) for r in rows] == [(m, s) for m in ("lethe", "dfr-ft") for s in (0, 1, 2)]
+    lethe = rows[2]
+    assert lethe["anchor"] in ("dress", "bag") and set(lethe["forget_acc_each"]) == {"trouser", "digit_3"}
+    assert set(lethe["held_out_acc_each"]) == {"trouser", "digit_3"}  # both have paraphrases
+    assert lethe["floor_each"].keys() == {"trouser"} and lethe["drawn_as_anchor_each"].keys() == {"trouser", "digit_3"}
+    assert 0 < lethe["trainable_params"] < lethe["unet_params"] and lethe["stack_params"] >= lethe["trainable_params"]
+    assert rows[5]["trainable_params"] == rows[5]["unet_params"]  # dfr-ft: the whole UNet
+    with pytest.raises(SystemExit, match="no text-to-image trainer"):
+        main(["methods", "--methods", "esd", *common])
+
+
+def test_the_text_tuning_rule():
+    from benchmarks.continual_text import choose
+
+    def run(forget, held, retain):
+        return ({}, [{"forget_acc": forget, "held_out_forget_acc": held, "retain_acc": retain}])
+
+    # meets the targets -> the best retention among those; a better-retaining miss is not chosen
+    assert choose([run(0.04, 0.08, 0.98), run(0.01, 0.02, 0.99), run(0.30, 0.30, 1.0)]) == 1
+    # none meets them -> lowest worst forget among those that keep >= 95%, never a collapse
+    assert choose([run(0.20, 0.10, 0.96), run(0.0, 0.0, 0.40), run(0.10, 0.15, 0.95)]) == 2
+    assert choose([run(0.0, 0.0, 0.40), run(0.5, 0.5, 0.90)]) == 1  # nothing retains: the highest retention

@@ -2,8 +2,8 @@
 
 The retain set covers every concept except the one being forgotten, including concepts forgotten earlier:
 the teacher renders those as their anchors, so distilling onto them keeps them forgotten. When no anchor is
-given, it is the retained concept the judge most often sees in the teacher's samples of the concept (the
-nearest retained concept under the teacher).
+given, `distill.anchor_rule` picks it from the teacher's own replay (tasks/steps/anchor_choice.py): by default
+the retained candidate least often judged as the concept, the nearest of those.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from lethe.models.adapter_stack import AdapterStack
+from lethe.models.concepts import DOMAINS
 from lethe.models.distill_targets import ReplayRows
 from lethe.models.generator import Generator
 from lethe.models.judge import Judge
 from lethe.models.sampler import sample
 from lethe.tasks.settings import DistillSettings, SamplingSettings
+from lethe.tasks.steps.anchor_choice import choose_anchor
 
 
 @dataclass
@@ -42,14 +44,6 @@ class ReplaySets:
         return {"images": self.retain_images, "labels": self.retain_labels}
 
 
-def nearest_retained(judge: Judge, images: torch.Tensor, candidates: list[str]) -> str:
-    """The candidate with the highest mean judge probability on `images`."""
-    with torch.no_grad():
-        probs = torch.cat([judge(images[i : i + 512]).softmax(1) for i in range(0, len(images), 512)]).mean(0)
-    scores = {c: float(probs[judge.concepts.index(c)]) for c in candidates}
-    return max(scores, key=scores.get)
-
-
 def distill(
     generator: Generator,
     teacher: AdapterStack,
@@ -65,13 +59,17 @@ def distill(
     n, seed = replay.replay_per_concept, replay.seed
     steps, batch = sampling.steps, sampling.batch_size
     forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, sampling.guidance, batch)
-    if anchor is None:
-        candidates = [c for c in generator.concepts if c != concept and c not in forgotten]
-        if not candidates:
-            raise ValueError("no retained concept is left to serve as an anchor")
-        anchor = nearest_retained(judge, forget_images, candidates)
+    candidates = [c for c in generator.concepts if c != concept and c not in forgotten]
+    if anchor is None and not candidates:
+        raise ValueError("no retained concept is left to serve as an anchor")
     retained = [c for c in generator.concepts if c != concept]
     retain_images, retain_labels = sample(
         generator, retained, n, seed, steps, teacher, sampling.guidance, batch, progress=progress
     )
+    if anchor is None:
+        names = [generator.concepts[i] for i in retain_labels.tolist()]
+        domains = DOMAINS if replay.anchor_domain == "same" else None
+        anchor = choose_anchor(
+            judge, concept, forget_images, retain_images, names, candidates, replay.anchor_rule, domains
+        ).anchor
     return ReplaySets(forget_images, retain_images, retain_labels, anchor, concept)

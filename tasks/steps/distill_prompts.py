@@ -2,8 +2,8 @@
 (the forget set) and of every other concept's prompts (the retain set, concepts forgotten earlier included:
 the teacher renders those as their anchors, so distilling onto them keeps them forgotten). The forget rows
 are paired with the anchor's prompts, so the student learns to draw the anchor when asked for the concept.
-Held-out paraphrases are never used here: they are kept for evaluation. Without a given anchor, it is the
-retained concept the judge most often sees in the decoded forget replay (as for the class-conditional kind).
+Held-out paraphrases are never used here: they are kept for evaluation. Without a given anchor,
+`distill.anchor_rule` picks it from the decoded replay, as for the class-conditional kind.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from lethe.models.adapter_stack import AdapterStack
+from lethe.models.concepts import DOMAINS
 from lethe.models.distill_targets import ReplayRows
 from lethe.models.text_generator import TextToImageGenerator
 from lethe.tasks.settings import DistillSettings, SamplingSettings
-from lethe.tasks.steps.distill import nearest_retained
+from lethe.tasks.steps.anchor_choice import choose_anchor
 
 
 @dataclass
@@ -73,22 +74,34 @@ def distill_prompts(
         return latents, [p for p in prompts for _ in range(k)]
 
     forget_x0, forget_prompts = render(generator.prompts_of(concept))
-    if anchor is None:
-        candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
-        if not candidates:
-            raise ValueError("no retained concept is left to serve as an anchor")
-        anchor = nearest_retained(judge, generator.decode(forget_x0), candidates)
+    candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
+    if anchor is None and not candidates:
+        raise ValueError("no retained concept is left to serve as an anchor")
     retained = [c for c in generator.concepts if c != concept]
     retain = []
     for i, c in enumerate(retained):
         retain.append(render(generator.prompts_of(c)))
         if progress:
             progress(i + 1, len(retained))
+    retain_x0 = torch.cat([x for x, _ in retain])
+    if anchor is None:  # judged on the decoded replay; every latent is labelled by its concept
+        names = [c for c, (x, _) in zip(retained, retain) for _ in range(len(x))]
+        domains = DOMAINS if replay.anchor_domain == "same" else None
+        anchor = choose_anchor(
+            judge,
+            concept,
+            generator.decode(forget_x0),
+            generator.decode(retain_x0),
+            names,
+            candidates,
+            replay.anchor_rule,
+            domains,
+        ).anchor
     return PromptReplay(
         forget_x0,
         forget_prompts,
         generator.prompts_of(anchor),
-        torch.cat([x for x, _ in retain]),
+        retain_x0,
         [p for _, prompts in retain for p in prompts],
         anchor,
     )

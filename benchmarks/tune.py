@@ -1,0 +1,172 @@
+"""Tuning under the pre-registered protocol (BENCHMARKS.md, "Protocol"): every method gets the same number of
+configurations of its own strength knobs, run on the validation sequence only, and one rule picks each
+method's setting; the test sequence is then run once per method with that setting.
+
+    python benchmarks/tune.py validate --methods lethe,dfr-ft     # -> results/tuning.json, results/tuned.json
+    python benchmarks/tune.py test --methods lethe,dfr-ft --seeds 0,1,2   # -> results/test.json
+
+The rule (declared before any run): among a method's configurations with no collapsed and no gate-rejected
+step on the validation sequence, and whose final forget accuracy on every concept forgotten so far is within
+max(2%, that request's anchor confusion) + 3 points of sampling slack, the one with the highest final
+retained accuracy; if none qualifies, among configurations with no collapsed step that keep >= 95% of the
+base's retained accuracy (the pipeline's retain gate), the lowest worst final forget accuracy; if none does,
+the highest retention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.continual import TEN_SEQUENCE, Bench, machine, write  # noqa: E402
+from lethe.tasks.runtime import configure_torch  # noqa: E402
+from lethe.tasks.settings import load_settings  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+# Validation and test forget disjoint concepts and are judged on different evaluation seeds.
+VALIDATION = "pullover:,digit_4:"
+VALIDATION_SEED = 4242
+TEST = TEN_SEQUENCE  # the ten-request sequence; `--requests N` runs its first N (a step never sees later ones)
+TEST_SEED = 777
+SLACK = 0.03
+# The same budget for every method: four configurations of its own strength knobs.
+GRIDS: dict[str, list[dict]] = {
+    "lethe": [
+        {"adapter.intensity": 1.0},
+        {"adapter.intensity": 1.5},
+        {"adapter.intensity": 2.0},
+        {"adapter.intensity": 1.5, "train.lr": 0.003},
+    ],
+    "residual": [  # h + s * f(h): one step in training and sampling, no path for the trajectory terms
+        {**r, "adapter.intensity": s}
+        for s in (1.0, 1.5, 2.0)
+        for r in [{"adapter.step_size": 1.0, "train.weights.smooth": 0.0, "train.weights.start": 0.0}]
+    ]
+    + [
+        {
+            "adapter.step_size": 1.0,
+            "train.weights.smooth": 0.0,
+            "train.weights.start": 0.0,
+            "adapter.intensity": 1.5,
+            "train.lr": 0.003,
+        }
+    ],
+    "dfr-ft": [
+        {"baselines.dfr_ft.lr": lr, "baselines.dfr_ft.drift_l2": l2} for lr in (1e-4, 3e-4) for l2 in (1e-2, 1e-3)
+    ],
+    "fade-lora": [{"baselines.fade_lora.lr": lr, "baselines.fade_lora.rank": r} for lr in (1e-3, 3e-3) for r in (2, 4)],
+    "esd": [  # the conditioning-path variant at three learning rates (ESD's own is 1e-5), ESD-u as the fourth
+        {"baselines.esd.variant": "conditioning", "baselines.esd.lr": lr} for lr in (1e-5, 1e-4, 1e-3)
+    ]
+    + [{"baselines.esd.variant": "u", "baselines.esd.lr": 1e-5}],
+}
+TRAINER = {"residual": "lethe"}  # a variant trained by another method's code
+
+
+def floors(bench: Bench) -> dict[str, float]:
+    """Per request with a named anchor: the judge's rate of calling the anchor's base samples the concept."""
+    return {r["concept"]: r["floor"] for r in bench.run_floors(log=lambda *_: None)}
+
+
+def final_ok(rows: list[dict], floor_of: dict[str, float]) -> bool:
+    last = rows[-1]
+    if any(r.get("collapsed") or r.get("rejected") for r in rows if r["step"] > 0):
+        return False
+    return all(acc <= max(0.02, floor_of.get(c, 0.0)) + SLACK for c, acc in last["forget_acc_each"].items())
+
+
+def choose(runs: list[tuple[dict, list[dict]]], floor_of: dict[str, float]) -> int:
+    """Index of the configuration the rule picks."""
+    ok = [i for i, (_, rows) in enumerate(runs) if final_ok(rows, floor_of)]
+    if ok:
+        return max(ok, key=lambda i: runs[i][1][-1]["retain_acc"])
+    kept = [
+        i
+        for i, (_, rows) in enumerate(runs)
+        if rows[-1]["retain_acc"] >= 0.95 and not any(r.get("collapsed") for r in rows if r["step"] > 0)
+    ]
+    if kept:
+        return min(kept, key=lambda i: (runs[i][1][-1]["forget_acc"], -runs[i][1][-1]["retain_acc"]))
+    return max(range(len(runs)), key=lambda i: runs[i][1][-1]["retain_acc"])
+
+
+def sequence_of(text: str) -> list[tuple[str, str | None]]:
+    return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
+
+
+def resolved(bench: Bench, sequence: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The sequence with automatic anchors chosen once, by the rule in the settings, on the base: every
+    method and configuration then forgets onto the same anchors and is held to the same floors."""
+    from lethe.models.adapter_stack import AdapterStack
+    from lethe.tasks.steps.distill import distill
+
+    s, out, forgotten = bench.settings, [], []
+    for concept, anchor in sequence:
+        if anchor is None:
+            anchor = distill(bench.base, AdapterStack(), bench.judge, concept, None, forgotten, s.distill, s.sampling)
+            anchor = anchor.anchor
+        out.append((concept, anchor))
+        forgotten.append(concept)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["validate", "test"])
+    parser.add_argument("--methods", default="lethe,dfr-ft")
+    parser.add_argument("--seeds", default="0", help="training seeds (test)")
+    parser.add_argument("--forget-samples", type=int, default=256)
+    parser.add_argument("--retain-samples", type=int, default=32)
+    parser.add_argument("--requests", type=int, help="run only the first N requests of the sequence")
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    settings = load_settings(ROOT / "params.yaml")
+    configure_torch(settings.runtime)
+    results = Path(args.results)
+    validate = args.part == "validate"
+    text, seed = (VALIDATION, VALIDATION_SEED) if validate else (TEST, TEST_SEED)
+    sequence = sequence_of(text)[: args.requests]
+    bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, seed, results / "parts")
+    bench.sequence = resolved(bench, bench.sequence)
+    floor_of = floors(bench)
+    info = {"machine": machine(), "command": "python benchmarks/tune.py " + " ".join(argv or sys.argv[1:])}
+    tuned_path = results / "tuned.json"
+    tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    out_path = results / ("tuning.json" if validate else "test.json")
+    out = json.loads(out_path.read_text()) if out_path.is_file() else []
+    for method in args.methods.split(","):
+        if method not in GRIDS:
+            raise SystemExit(f"unknown method {method!r}; known: {', '.join(GRIDS)}")
+        trainer = TRAINER.get(method, method)
+        if validate:
+            runs = []
+            for i, config in enumerate(GRIDS[method]):
+                bench.settings = settings.override(config)
+                rows = bench.run_method(trainer, 0, name=f"{method}#{i}")
+                runs.append((config, rows))
+            pick = choose(runs, floor_of)
+            tuned[method] = {"config": runs[pick][0], "index": pick, "validation": VALIDATION}
+            out = [r for r in out if r.get("tuned_method") != method]
+            for i, (config, rows) in enumerate(runs):
+                out += [dict(r, tuned_method=method, config=config, chosen=i == pick, **info) for r in rows]
+            write(out, out_path)
+            write(tuned, tuned_path)
+        else:
+            if method not in tuned:
+                raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
+            bench.settings = settings.override(tuned[method]["config"])
+            for s in (int(x) for x in args.seeds.split(",")):
+                rows = bench.run_method(trainer, s, name=method)
+                out = [r for r in out if not (r["method"] == method and r["seed"] == s)]
+                out += [dict(r, config=tuned[method]["config"], floors=floor_of, **info) for r in rows]
+                write(out, out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
