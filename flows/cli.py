@@ -51,12 +51,24 @@ def cmd_concepts(args, settings: Settings) -> int:
 
 
 def cmd_request_add(args, settings: Settings) -> int:
+    from lethe.tasks.model_sources import open_generator
     from lethe.tasks.stores.queue import RequestRefused
 
     queue = _queue(settings)
+    generator = open_generator(settings.generator)
     try:
+        if (args.prompt or args.anchor_prompt) and not hasattr(generator, "prompts_of"):
+            raise RequestRefused(
+                "--prompt and --anchor-prompt are for text-to-image workspaces; this one is class-conditional"
+            )
         request = queue.add(
-            args.concept, args.anchor, args.note or "", known=known_concepts(settings), forgotten=queue.forgotten()
+            args.concept,
+            args.anchor,
+            args.note or "",
+            known=generator.concepts,
+            forgotten=queue.forgotten(),
+            prompts=args.prompt or (),
+            anchor_prompts=args.anchor_prompt or (),
         )
     except RequestRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
@@ -301,6 +313,18 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("concept")
     add.add_argument("--anchor", help="concept to steer to (default: nearest retained concept, chosen at run time)")
     add.add_argument("--note", help="free text kept with the request (who asked, why)")
+    add.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="text-to-image: a prompt to unlearn (repeatable); replaces the concept file's prompts for this request",
+    )
+    add.add_argument(
+        "--anchor-prompt",
+        action="append",
+        metavar="TEXT",
+        help="text-to-image: a prompt to steer to (repeatable); replaces the anchor's prompts for this request",
+    )
     add.set_defaults(func=cmd_request_add)
     listing = request.add_parser("list", help="all requests with their state")
     listing.add_argument("--json", action="store_true")

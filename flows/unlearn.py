@@ -202,6 +202,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         s.distill,
         s.sampling,
         progress=reporter(f"request {request.id}: teacher replay"),
+        prompts=request.prompts,
+        anchor_prompts=request.anchor_prompts,
     )
     forget_ref, retain_ref = version_replay_sets(
         ctx.store, request.id, request.attempts, replay.forget_tensors(), replay.retain_tensors()
@@ -229,6 +231,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "request_note": request.note[:500],
         "concept": request.concept,
         "anchor": replay.anchor,
+        **({"request_prompts": json.dumps(list(request.prompts))} if request.prompts else {}),
+        **({"request_anchor_prompts": json.dumps(list(request.anchor_prompts))} if request.anchor_prompts else {}),
         "parent_version": str(parent.version),
         "forgotten": ",".join(forgotten_after),
         "forget_md5": forget_ref.md5,

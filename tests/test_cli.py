@@ -24,6 +24,8 @@ def test_requests_are_added_listed_and_refused_with_reasons(capsys, workspace):
     assert "unknown concept 'unicorn'" in capsys.readouterr().err
     assert lethe(workspace, "request", "add", "coat", "--anchor", "coat") == 2
     assert "must differ" in capsys.readouterr().err
+    assert lethe(workspace, "request", "add", "coat", "--prompt", "a long coat") == 2
+    assert "for text-to-image workspaces" in capsys.readouterr().err
     assert lethe(workspace, "request", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["id"], r["concept"], r["anchor"], r["state"], r["note"]) for r in rows] == [

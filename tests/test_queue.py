@@ -84,3 +84,50 @@ def test_queue_is_a_plain_sqlite_file(queue):
     add(queue, "dress")
     rows = sqlite3.connect(queue.path).execute("SELECT concept, state FROM requests").fetchall()
     assert rows == [("dress", "pending")]
+
+
+def test_a_request_keeps_its_own_prompts(queue, tmp_path):
+    request = queue.add(
+        "trouser", "dress", known=CONCEPTS, prompts=["jeans", "denim pants"], anchor_prompts=["a plain dress"]
+    )
+    again = RequestQueue(tmp_path / "queue.sqlite").get(request.id)
+    assert again.prompts == ("jeans", "denim pants") and again.anchor_prompts == ("a plain dress",)
+    assert again.to_dict()["prompts"] == ["jeans", "denim pants"]
+    assert add(queue, "bag").prompts == ()
+
+
+@pytest.mark.parametrize(
+    "prompts,anchor_prompts,message",
+    [
+        ([""], [], "non-empty"),
+        (["   "], [], "non-empty"),
+        (["two\nlines"], [], "one line"),
+        (["x" * 201], [], "one line"),
+        ([f"p{i}" for i in range(17)], [], "at most 16"),
+        (["jeans", "jeans"], [], "repeat"),
+        (["jeans"], ["jeans"], "both"),
+        ([], ["\x00"], "anchor prompts"),
+    ],
+)
+def test_bad_request_prompts_are_refused_and_nothing_is_queued(queue, prompts, anchor_prompts, message):
+    with pytest.raises(RequestRefused, match=message):
+        queue.add("trouser", known=CONCEPTS, prompts=prompts, anchor_prompts=anchor_prompts)
+    assert queue.list() == []
+
+
+def test_a_queue_file_from_before_request_prompts_gains_the_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, concept TEXT NOT NULL, anchor TEXT, "
+        "note TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'pending', created_at TEXT NOT NULL, "
+        "started_at TEXT, finished_at TEXT, attempts INTEGER NOT NULL DEFAULT 0, version TEXT, "
+        "reasons TEXT NOT NULL DEFAULT '');"
+        "INSERT INTO requests (concept, anchor, created_at) VALUES ('bag', 'dress', '2026-01-01T00:00:00+00:00');"
+    )
+    db.commit()
+    db.close()
+    queue = RequestQueue(path)
+    old = queue.get(1)
+    assert (old.concept, old.anchor, old.prompts, old.anchor_prompts) == ("bag", "dress", (), ())
+    assert queue.add("trouser", prompts=["jeans"]).prompts == ("jeans",)

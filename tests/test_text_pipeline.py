@@ -150,3 +150,33 @@ def test_the_text_tuning_rule():
     # none meets them -> lowest worst forget among those that keep >= 95%, never a collapse
     assert choose([run(0.20, 0.10, 0.96), run(0.0, 0.0, 0.40), run(0.10, 0.15, 0.95)]) == 2
     assert choose([run(0.0, 0.0, 0.40), run(0.5, 0.5, 0.90)]) == 1  # nothing retains: the highest retention
+
+
+def test_a_request_can_give_its_own_prompts(text_pipeline, prefect_harness, capsys):
+    from safetensors.torch import load_file
+
+    from lethe.tasks.stores.registry import Registry
+    from lethe.tasks.workspace import Workspace
+
+    run_cli, settings = text_pipeline, text_pipeline.settings
+    # a held-out paraphrase is for evaluation only: a request that trains on it fails, nothing is promoted
+    args = ["request", "add", "trouser", "--anchor", "dress", "--prompt", "jeans", "--prompt", "denim trousers"]
+    assert run_cli(*args, "--anchor-prompt", "a plain dress") == 0
+    assert run_cli("run") == 0
+    assert "processed 1 request(s): 1 promoted" in capsys.readouterr().out
+    registry = Registry(Workspace.open(settings), settings.registry)
+    step = registry.version("2")
+    assert json.loads(step.tags["request_prompts"]) == ["jeans", "denim trousers"]
+    assert json.loads(step.tags["request_anchor_prompts"]) == ["a plain dress"]
+    forget = load_file(Workspace.open(settings).absolute(step.tags["forget_path"]))
+    assert set(json.loads(bytes(forget["prompts_json_utf8"].tolist()).decode())) == {"jeans", "denim trousers"}
+    run = registry.client.get_run(step.run_id)
+    assert "acc.trouser" in run.data.metrics and "held_out_acc.trouser" in run.data.metrics  # judged as before
+
+    assert run_cli("request", "add", "digit_3", "--prompt", "a handwritten three") == 0
+    assert run_cli("run") == 0
+    out = capsys.readouterr().out
+    assert "failed" in out and "held-out paraphrases are kept for evaluation" in out
+    assert str(registry.production().version) == "2"
+    assert run_cli("request", "add", "bag", "--prompt", "two\nlines") == 2
+    assert "one line" in capsys.readouterr().err

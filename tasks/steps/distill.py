@@ -54,8 +54,13 @@ def distill(
     replay: DistillSettings,
     sampling: SamplingSettings,
     progress=None,
+    prompts: tuple[str, ...] = (),
+    anchor_prompts: tuple[str, ...] = (),
 ) -> ReplaySets:
-    """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept."""
+    """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept. A class-conditional
+    model has no prompts: a request that gives some is refused."""
+    if prompts or anchor_prompts:
+        raise ValueError("this generator is class-conditional: a request cannot give prompts")
     n, seed = replay.replay_per_concept, replay.seed
     steps, batch = sampling.steps, sampling.batch_size
     forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, sampling.guidance, batch)

@@ -59,8 +59,12 @@ def distill_prompts(
     replay: DistillSettings,
     sampling: SamplingSettings,
     progress=None,
+    prompts: tuple[str, ...] = (),
+    anchor_prompts: tuple[str, ...] = (),
 ) -> PromptReplay:
-    """`replay.replay_per_concept` teacher latents per concept, spread over its prompts (at least one each)."""
+    """`replay.replay_per_concept` teacher latents per concept, spread over its prompts (at least one each).
+    A request's own `prompts` replace the concept's for the forget set, its `anchor_prompts` the anchor's as
+    the teacher's target; held-out paraphrases are refused as either."""
     if concept == anchor:
         raise ValueError(f"the anchor must differ from the concept ({concept!r})")
     generator.labels([concept] + ([anchor] if anchor else []))
@@ -73,7 +77,11 @@ def distill_prompts(
         )
         return latents, [p for p in prompts for _ in range(k)]
 
-    forget_x0, forget_prompts = render(generator.prompts_of(concept))
+    held_out = {p for c in generator.paraphrased for p in generator.prompts_of(c, held_out=True)}
+    leaked = sorted(held_out & set(prompts + anchor_prompts))
+    if leaked:
+        raise ValueError(f"held-out paraphrases are kept for evaluation and cannot be trained on: {leaked}")
+    forget_x0, forget_prompts = render(list(prompts) or generator.prompts_of(concept))
     candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
     if anchor is None and not candidates:
         raise ValueError("no retained concept is left to serve as an anchor")
@@ -100,7 +108,7 @@ def distill_prompts(
     return PromptReplay(
         forget_x0,
         forget_prompts,
-        generator.prompts_of(anchor),
+        list(anchor_prompts) or generator.prompts_of(anchor),
         retain_x0,
         [p for _, prompts in retain for p in prompts],
         anchor,

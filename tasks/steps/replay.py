@@ -28,12 +28,25 @@ def replay(
     distill_settings: DistillSettings,
     sampling: SamplingSettings,
     progress=None,
+    prompts: tuple[str, ...] = (),
+    anchor_prompts: tuple[str, ...] = (),
 ):
-    """The request's replay sets, rendered by the teacher (the production model)."""
+    """The request's replay sets, rendered by the teacher (the production model); a request's own `prompts`
+    and `anchor_prompts` replace the concept file's (kinds without prompts refuse them)."""
     if generator.kind not in REPLAY:
         raise ValueError(f"no replay for generator kind {generator.kind!r}; known: {', '.join(REPLAY)}")
     return REPLAY[generator.kind](
-        generator, teacher, judge, concept, anchor, forgotten, distill_settings, sampling, progress
+        generator,
+        teacher,
+        judge,
+        concept,
+        anchor,
+        forgotten,
+        distill_settings,
+        sampling,
+        progress,
+        prompts=tuple(prompts),
+        anchor_prompts=tuple(anchor_prompts),
     )
 
 

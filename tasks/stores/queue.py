@@ -3,6 +3,10 @@
 A rollback moves done requests to rolled_back (and a roll-forward back to done); failed and rolled_back
 requests can be re-queued (back to pending, a new attempt).
 
+A request names its concept and, optionally, its anchor; for a text-to-image workspace it may also give the
+prompts to unlearn (instead of the concept file's) and the prompts to steer them to (instead of the anchor's).
+They are stored as JSON lists; a queue file made before these columns existed gains them when opened.
+
 Requests are taken strictly in id order, one at a time, and every transition is one transaction, so a crash
 leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
 before a new batch starts. Invalid requests are refused when they are added, with the reason.
@@ -10,6 +14,7 @@ before a new batch starts. Invalid requests are refused when they are added, wit
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -32,10 +37,17 @@ CREATE TABLE IF NOT EXISTS requests (
     finished_at TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     version TEXT,
-    reasons TEXT NOT NULL DEFAULT ''
+    reasons TEXT NOT NULL DEFAULT '',
+    prompts TEXT NOT NULL DEFAULT '[]',
+    anchor_prompts TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests (state, id);
 """
+ADDED_COLUMNS = {  # columns added after the first schema: (name, definition), added in place when missing
+    "prompts": "TEXT NOT NULL DEFAULT '[]'",
+    "anchor_prompts": "TEXT NOT NULL DEFAULT '[]'",
+}
+MAX_PROMPTS, MAX_PROMPT_CHARS = 16, 200  # so a request's prompts fit an MLflow tag
 
 
 class RequestRefused(ValueError):
@@ -59,9 +71,26 @@ class Request:
     attempts: int
     version: str | None
     reasons: str
+    prompts: tuple[str, ...] = ()
+    anchor_prompts: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def check_prompts(prompts, what: str) -> tuple[str, ...]:
+    """Prompts a request may carry: non-empty single-line text, at most MAX_PROMPTS of MAX_PROMPT_CHARS."""
+    prompts = tuple(prompts)
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestRefused(f"at most {MAX_PROMPTS} {what} per request, got {len(prompts)}")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise RequestRefused(f"{what} must be non-empty text, got {p!r}")
+        if len(p) > MAX_PROMPT_CHARS or any(ord(ch) < 32 for ch in p):
+            raise RequestRefused(f"{what} must be one line of at most {MAX_PROMPT_CHARS} characters: {p[:40]!r}")
+    if len(set(prompts)) != len(prompts):
+        raise RequestRefused(f"{what} repeat a prompt")
+    return prompts
 
 
 def _now() -> str:
@@ -75,6 +104,11 @@ class RequestQueue:
         db = sqlite3.connect(self.path, timeout=30)
         try:
             db.executescript(SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            for name, definition in ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {name} {definition}")
+            db.commit()
         finally:
             db.close()
 
@@ -94,7 +128,10 @@ class RequestQueue:
 
     @staticmethod
     def _row(row) -> Request:
-        return Request(**{k: row[k] for k in row.keys()})
+        fields = {k: row[k] for k in row.keys()}
+        for name in ADDED_COLUMNS:
+            fields[name] = tuple(json.loads(fields[name]))
+        return Request(**fields)
 
     def add(
         self,
@@ -103,9 +140,16 @@ class RequestQueue:
         note: str = "",
         known: Iterable[str] = (),
         forgotten: Iterable[str] = (),
+        prompts: Iterable[str] = (),
+        anchor_prompts: Iterable[str] = (),
     ) -> Request:
-        """Enqueue a request after checking it against the known and already-forgotten concepts."""
+        """Enqueue a request after checking it against the known and already-forgotten concepts; `prompts` and
+        `anchor_prompts` (text-to-image only: the caller knows the workspace's kind) replace the concept
+        file's prompts of the concept and of the anchor for this request's unlearning."""
         known, forgotten = list(known), set(forgotten)
+        prompts, anchor_prompts = check_prompts(prompts, "prompts"), check_prompts(anchor_prompts, "anchor prompts")
+        if set(prompts) & set(anchor_prompts):
+            raise RequestRefused("a prompt cannot be both one to unlearn and one to steer to")
         if known and concept not in known:
             raise RequestRefused(f"unknown concept {concept!r}; known concepts: {', '.join(known)}")
         if anchor is not None:
@@ -127,8 +171,9 @@ class RequestQueue:
             if open_request:
                 raise RequestRefused(f"concept {concept!r} is already queued as request {open_request['id']}")
             cursor = db.execute(
-                "INSERT INTO requests (concept, anchor, note, created_at) VALUES (?, ?, ?, ?)",
-                (concept, anchor, note, _now()),
+                "INSERT INTO requests (concept, anchor, note, created_at, prompts, anchor_prompts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (concept, anchor, note, _now(), json.dumps(list(prompts)), json.dumps(list(anchor_prompts))),
             )
             return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
 
