@@ -24,8 +24,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.baselines import retrain_without, train_esd, train_full_finetune, train_lora  # noqa: E402
+from benchmarks.measures import peak_rss_mb, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
@@ -57,18 +56,6 @@ SEQUENCES = {"five": DEFAULT_SEQUENCE, "ten": TEN_SEQUENCE}
 METHODS = ("lethe", "dfr-ft", "fade-lora", "esd")
 SWEEP = (0.5, 0.75, 1.0, 1.5, 2.0)
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson interval of a proportion k/n."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 class Evaluation:

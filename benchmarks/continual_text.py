@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.baselines import train_full_finetune
-from benchmarks.continual import wilson
+from benchmarks.measures import wilson
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.concepts import CONCEPTS, DOMAINS
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge

@@ -695,6 +695,40 @@ def text_tuning_markdown(rows: list[dict], plots: Path) -> str:
     return "\n".join(["## Text-to-image: tuning on the validation request", "", table(header, body), ""])
 
 
+def anchors_markdown(rows: list[dict], plots: Path) -> str:
+    """anchors.json: Lethe on the validation sequence under each automatic-anchor rule, last step."""
+    body = []
+    for rule in in_order(r["anchor_rule"] for r in rows):
+        mine = [r for r in rows if r["anchor_rule"] == rule]
+        last = max(mine, key=lambda r: r["step"])
+        pairs = ", ".join(request_cell(r) for r in sorted(mine, key=lambda r: r["step"]) if r["step"] > 0)
+        confusion = ", ".join(f"{c} {pct(f)}" for c, f in last.get("floors", {}).items())
+        each = ", ".join(f"{c} {pct(a)}" for c, a in last.get("forget_acc_each", {}).items())
+        body.append(
+            [
+                rule,
+                pairs,
+                confusion or DASH,
+                each or DASH,
+                pct(last.get("drawn_as_anchor")),
+                pct(last.get("retain_acc_in")),
+                pct(last.get("retain_acc")),
+                pct(last.get("unchanged")),
+            ]
+        )
+    header = [
+        "anchor rule",
+        "requests",
+        "anchor's confusion",
+        "forget (last step)",
+        "drawn as anchor",
+        "retain in-domain",
+        "retain (all)",
+        "unchanged",
+    ]
+    return "\n".join(["## Protocol: the automatic anchor's rule", "", table(header, body), ""])
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -710,6 +744,7 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("ablation.json", ablation_markdown),
         ("tuning.json", tuning_markdown),
         ("test.json", partial(continual_markdown, title="Protocol: test sequence", prefix="test")),
+        ("anchors.json", anchors_markdown),
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
     ):

@@ -4,6 +4,7 @@ method's setting; the test sequence is then run once per method with that settin
 
     python benchmarks/tune.py validate --methods lethe,dfr-ft     # -> results/tuning.json, results/tuned.json
     python benchmarks/tune.py test --methods lethe,dfr-ft --seeds 0,1,2   # -> results/test.json
+    python benchmarks/tune.py anchors        # Lethe on validation under each anchor rule -> results/anchors.json
 
 The rule (declared before any run): among a method's configurations with no collapsed and no gate-rejected
 step on the validation sequence, and whose final forget accuracy on every concept forgotten so far is within
@@ -34,14 +35,15 @@ VALIDATION_SEED = 4242
 TEST = TEN_SEQUENCE  # the ten-request sequence; `--requests N` runs its first N (a step never sees later ones)
 TEST_SEED = 777
 SLACK = 0.03
+LETHE = [
+    {"adapter.intensity": 1.0},
+    {"adapter.intensity": 1.5},
+    {"adapter.intensity": 2.0},
+    {"adapter.intensity": 1.5, "train.lr": 0.003},
+]
 # The same budget for every method: four configurations of its own strength knobs.
 GRIDS: dict[str, list[dict]] = {
-    "lethe": [
-        {"adapter.intensity": 1.0},
-        {"adapter.intensity": 1.5},
-        {"adapter.intensity": 2.0},
-        {"adapter.intensity": 1.5, "train.lr": 0.003},
-    ],
+    "lethe": LETHE,
     "residual": [  # h + s * f(h): one step in training and sampling, no path for the trajectory terms
         {**r, "adapter.intensity": s}
         for s in (1.0, 1.5, 2.0)
@@ -56,6 +58,7 @@ GRIDS: dict[str, list[dict]] = {
             "train.lr": 0.003,
         }
     ],
+    "lethe-t": [{**c, "adapter.time_dependent": True} for c in LETHE],  # the field sees t
     "dfr-ft": [
         {"baselines.dfr_ft.lr": lr, "baselines.dfr_ft.drift_l2": l2} for lr in (1e-4, 3e-4) for l2 in (1e-2, 1e-3)
     ],
@@ -65,7 +68,7 @@ GRIDS: dict[str, list[dict]] = {
     ]
     + [{"baselines.esd.variant": "u", "baselines.esd.lr": 1e-5}],
 }
-TRAINER = {"residual": "lethe"}  # a variant trained by another method's code
+TRAINER = {"residual": "lethe", "lethe-t": "lethe"}  # variants trained by another method's code
 
 
 def floors(bench: Bench) -> dict[str, float]:
@@ -99,13 +102,15 @@ def sequence_of(text: str) -> list[tuple[str, str | None]]:
     return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
 
 
-def resolved(bench: Bench, sequence: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
-    """The sequence with automatic anchors chosen once, by the rule in the settings, on the base: every
-    method and configuration then forgets onto the same anchors and is held to the same floors."""
+def resolved(bench: Bench, sequence: list[tuple[str, str | None]], rule: str | None = None):
+    """The sequence with automatic anchors chosen once, by the rule in the settings (or `rule`), on the base:
+    every method and configuration then forgets onto the same anchors and is held to the same floors."""
     from lethe.models.adapter_stack import AdapterStack
     from lethe.tasks.steps.distill import distill
 
     s, out, forgotten = bench.settings, [], []
+    if rule:
+        s = s.override({"distill.anchor_rule": rule})
     for concept, anchor in sequence:
         if anchor is None:
             anchor = distill(bench.base, AdapterStack(), bench.judge, concept, None, forgotten, s.distill, s.sampling)
@@ -115,10 +120,28 @@ def resolved(bench: Bench, sequence: list[tuple[str, str | None]]) -> list[tuple
     return out
 
 
+def compare_anchors(bench: Bench, settings, tuned: dict, results: Path, info: dict) -> int:
+    """What the automatic anchor's rule costs: Lethe (its tuned setting) on the validation sequence with the
+    anchors each rule picks, with each request's anchor confusion -> results/anchors.json."""
+    if "lethe" not in tuned:
+        raise SystemExit("lethe has no tuned setting: run `python benchmarks/tune.py validate` first")
+    automatic = list(bench.sequence)
+    rows = []
+    for rule in ("least-confused", "nearest"):
+        bench.settings = settings
+        bench.sequence = resolved(bench, automatic, rule)
+        floor_of = floors(bench)
+        bench.settings = settings.override(tuned["lethe"]["config"])
+        for r in bench.run_method("lethe", 0, name=f"lethe/{rule}"):
+            rows.append(dict(r, anchor_rule=rule, floors=floor_of, config=tuned["lethe"]["config"], **info))
+        write(rows, results / "anchors.json")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["validate", "test"])
-    parser.add_argument("--methods", default="lethe,dfr-ft")
+    parser.add_argument("part", choices=["validate", "test", "anchors"])
+    parser.add_argument("--methods", default=",".join(GRIDS), help=f"default: all ({', '.join(GRIDS)})")
     parser.add_argument("--seeds", default="0", help="training seeds (test)")
     parser.add_argument("--forget-samples", type=int, default=256)
     parser.add_argument("--retain-samples", type=int, default=32)
@@ -129,7 +152,7 @@ def main(argv=None) -> int:
     configure_torch(settings.runtime)
     results = Path(args.results)
     validate = args.part == "validate"
-    text, seed = (VALIDATION, VALIDATION_SEED) if validate else (TEST, TEST_SEED)
+    text, seed = (TEST, TEST_SEED) if args.part == "test" else (VALIDATION, VALIDATION_SEED)
     sequence = sequence_of(text)[: args.requests]
     bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, seed, results / "parts")
     bench.sequence = resolved(bench, bench.sequence)
@@ -137,6 +160,8 @@ def main(argv=None) -> int:
     info = {"machine": machine(), "command": "python benchmarks/tune.py " + " ".join(argv or sys.argv[1:])}
     tuned_path = results / "tuned.json"
     tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    if args.part == "anchors":
+        return compare_anchors(bench, settings, tuned, results, info)
     out_path = results / ("tuning.json" if validate else "test.json")
     out = json.loads(out_path.read_text()) if out_path.is_file() else []
     for method in args.methods.split(","):

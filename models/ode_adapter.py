@@ -32,6 +32,7 @@ class ODEConfig:
     step_size: float
     hidden: int
     sampling_steps: int | None
+    time_dependent: bool = False  # the field sees t (an extra input channel); stacks saved before it: False
 
     def __post_init__(self):
         if self.solver not in FIXED_GRID_SOLVERS:
@@ -52,18 +53,23 @@ class ODEConfig:
 
 
 class VectorField(nn.Module):
-    """f(t, h): a small conv net on the feature map; its output layer is zero-initialised."""
+    """f(t, h): a small conv net on the feature map; its output layer is zero-initialised. An autonomous
+    field ignores t; a time-dependent one reads t / T as one more input channel (`time_dependent`)."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, time_dependent: bool = False, horizon: float = 1.0):
         super().__init__()
+        self.time_dependent, self.horizon = time_dependent, horizon
         self.norm = nn.GroupNorm(math.gcd(8, channels), channels)
-        self.inner = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.inner = nn.Conv2d(channels + int(time_dependent), hidden, 3, padding=1)
         self.outer = nn.Conv2d(hidden, channels, 3, padding=1)
         nn.init.zeros_(self.outer.weight)
         nn.init.zeros_(self.outer.bias)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.outer(nn.functional.silu(self.inner(nn.functional.silu(self.norm(h)))))
+        x = nn.functional.silu(self.norm(h))
+        if self.time_dependent:
+            x = torch.cat([x, (t / self.horizon).to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])], dim=1)
+        return self.outer(nn.functional.silu(self.inner(x)))
 
 
 class ODEAdapter(nn.Module):
@@ -73,7 +79,7 @@ class ODEAdapter(nn.Module):
         super().__init__()
         self.channels = channels
         self.config = config
-        self.field = VectorField(channels, config.hidden)
+        self.field = VectorField(channels, config.hidden, config.time_dependent, config.horizon)
 
     def grid(self, intensity: float = 1.0, steps: int | None = None) -> torch.Tensor:
         """Times 0 = t_0 < ... < t_n = intensity * T, n = the config's number of steps unless given."""

@@ -177,6 +177,7 @@ class AdapterSettings(Section):
     sampling_steps: PositiveInt | None
     step_size: Positive
     hidden: PositiveInt
+    time_dependent: bool  # the field sees t (benchmarks: "does the ODE matter?")
 
     @model_validator(mode="after")
     def _k_fits(self):

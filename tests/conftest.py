@@ -50,6 +50,7 @@ def ode_config(**changes) -> ODEConfig:
         "step_size": a.step_size,
         "hidden": a.hidden,
         "sampling_steps": a.sampling_steps,
+        "time_dependent": a.time_dependent,
     }
     return ODEConfig(**(values | changes))
 

@@ -67,3 +67,28 @@ def test_the_config_has_no_defaults_of_its_own():
     """Every value comes from the settings (or a saved stack), so no code default can contradict the file."""
     with pytest.raises(TypeError):
         ODEConfig()
+
+
+def test_a_time_dependent_field_starts_as_the_identity_and_reads_t(tmp_path):
+    from lethe.models.adapter_stack import AdapterStack
+
+    adapter = ODEAdapter(8, ode_config(time_dependent=True, hidden=4))
+    h = torch.randn(2, 8, 4, 4)
+    assert torch.equal(adapter(h), h)  # zero-initialised output layer, as for the autonomous field
+    torch.manual_seed(0)
+    with torch.no_grad():
+        adapter.field.outer.weight.normal_(0, 0.1)
+        adapter.field.inner.weight[:, -1].fill_(1.0)  # the t channel
+    at_0, at_1 = adapter.field(torch.tensor(0.0), h), adapter.field(torch.tensor(1.0), h)
+    assert not torch.allclose(at_0, at_1)
+    autonomous = ODEAdapter(8, ode_config(hidden=4))
+    assert autonomous.field.inner.in_channels == 8 and adapter.field.inner.in_channels == 9
+    # saved and loaded with its config; a stack saved before the option existed loads as autonomous
+    stack = AdapterStack()
+    stack.add("request-1", {"mid_block": adapter})
+    loaded = AdapterStack.load(stack.save(tmp_path / "stack"))
+    assert loaded.field("request-1", "mid_block").config.time_dependent
+    assert torch.equal(loaded.field("request-1", "mid_block")(h), adapter(h))
+    legacy = ode_config().to_dict()
+    del legacy["time_dependent"]
+    assert ODEConfig(**legacy).time_dependent is False

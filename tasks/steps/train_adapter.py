@@ -105,7 +105,14 @@ def choose_targets(
 
 
 def ode_config(adapter: AdapterSettings) -> ODEConfig:
-    return ODEConfig(adapter.solver, adapter.horizon, adapter.step_size, adapter.hidden, adapter.sampling_steps)
+    return ODEConfig(
+        adapter.solver,
+        adapter.horizon,
+        adapter.step_size,
+        adapter.hidden,
+        adapter.sampling_steps,
+        adapter.time_dependent,
+    )
 
 
 def new_student(

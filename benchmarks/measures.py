@@ -1,0 +1,18 @@
+"""Small measures every benchmark shares: interval of a proportion, peak memory of the process."""
+
+from __future__ import annotations
+
+import math
+import resource
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson interval of a proportion k/n."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
