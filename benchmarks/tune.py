@@ -147,8 +147,9 @@ def main(argv=None) -> int:
     parser.add_argument("--retain-samples", type=int, default=32)
     parser.add_argument("--requests", type=int, help="run only the first N requests of the sequence")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: the project's)")
     args = parser.parse_args(argv)
-    settings = load_settings(ROOT / "params.yaml")
+    settings = load_settings(args.params)
     configure_torch(settings.runtime)
     results = Path(args.results)
     validate = args.part == "validate"

@@ -132,3 +132,32 @@ def test_overrides_change_known_keys_only(tmp_path):
     for bad in ("adapter.intensty=2", "nosection.key=1"):
         with pytest.raises(SystemExit, match="no (key|section)"):
             main(["sweep", "--set", bad, "--results", str(tmp_path)])
+
+
+def test_the_protocol_tunes_on_validation_then_runs_the_test_with_the_chosen_setting(tiny_pipeline, tmp_path):
+    from benchmarks.tune import GRIDS, VALIDATION
+    from benchmarks.tune import main as tune
+
+    settings = tiny_pipeline.settings.override({"train.steps": 2, "distill.replay_per_concept": 2})
+    path = write_settings(settings, tmp_path / "tune-params.yaml")
+    results = tmp_path / "results"
+    common = ["--params", str(path), "--results", str(results), "--forget-samples", "2", "--retain-samples", "2"]
+    assert tune(["validate", "--methods", "residual", *common]) == 0
+    rows = json.loads((results / "tuning.json").read_text())
+    tuned = json.loads((results / "tuned.json").read_text())
+    for method in ("residual",):
+        mine = [r for r in rows if r["tuned_method"] == method]
+        assert len({r["method"] for r in mine}) == len(GRIDS[method])  # every configuration ran
+        assert [r["concept"] for r in mine if r["step"] > 0][:2] == [
+            c for c, _ in (p.split(":") for p in VALIDATION.split(","))
+        ]
+        assert all(r["anchor"] for r in mine if r["step"] > 0)  # automatic anchors, resolved once
+        chosen = {r["method"] for r in mine if r["chosen"]}
+        assert chosen == {f"{method}#{tuned[method]['index']}"}
+    assert tune(["test", "--methods", "residual", "--requests", "1", *common]) == 0
+    test = json.loads((results / "test.json").read_text())
+    assert [(r["method"], r["step"], r["concept"]) for r in test] == [("residual", 0, None), ("residual", 1, "trouser")]
+    assert test[1]["config"] == tuned["residual"]["config"] and "rejected" in test[1] and "collapsed" in test[1]
+    assert test[1]["config"]["adapter.step_size"] == 1.0  # one step: h + s * f(h)
+    with pytest.raises(SystemExit, match="no tuned setting"):
+        tune(["test", "--methods", "dfr-ft", "--requests", "1", *common])
