@@ -671,8 +671,8 @@ def tuning_markdown(rows: list[dict], plots: Path) -> str:
         "KID ratio",
         "",
     ]
-    sequence = rows[0].get("command", "") if rows else ""
-    return "\n".join(["## Protocol: validation (tuning)", "", f"`{sequence}`", "", table(header, body), ""])
+    commands = "\n".join(f"    {c}" for c in in_order(r.get("command", "") for r in rows))
+    return "\n".join(["## Protocol: validation (tuning)", "", commands, "", table(header, body), ""])
 
 
 def text_tuning_markdown(rows: list[dict], plots: Path) -> str:
