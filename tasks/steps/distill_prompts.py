@@ -82,9 +82,11 @@ def distill_prompts(
     if leaked:
         raise ValueError(f"held-out paraphrases are kept for evaluation and cannot be trained on: {leaked}")
     forget_x0, forget_prompts = render(list(prompts) or generator.prompts_of(concept))
-    candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
-    if anchor is None and not candidates:
-        raise ValueError("no retained concept is left to serve as an anchor")
+    candidates = []  # the judge is only needed to choose an anchor
+    if anchor is None:
+        candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
+        if not candidates:
+            raise ValueError("no retained concept is left to serve as an anchor")
     retained = [c for c in generator.concepts if c != concept]
     retain = []
     for i, c in enumerate(retained):
