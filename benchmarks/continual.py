@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.baselines import retrain_without, train_esd, train_full_finetune, train_lora  # noqa: E402
-from benchmarks.measures import peak_rss_mb, wilson  # noqa: E402
+from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
@@ -661,7 +661,7 @@ def main(argv=None) -> int:
     if args.name and (args.part != "methods" or "," in args.methods):
         parser.error("--name labels one method's run: use it with `methods --methods M`")
     args.sequence = SEQUENCES.get(args.sequence, args.sequence)
-    sequence = [(c, a or None) for c, _, a in (pair.partition(":") for pair in args.sequence.split(","))]
+    sequence = sequence_of(args.sequence)
     results = Path(args.results)
     parts = results / "parts"
     tag = hashlib.sha256(args.sequence.encode()).hexdigest()[:6]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.baselines import train_full_finetune
-from benchmarks.measures import wilson
+from benchmarks.measures import sequence_of, wilson
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.concepts import CONCEPTS, DOMAINS
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
@@ -293,10 +293,6 @@ def choose(runs: list[tuple[dict, list[dict]]]) -> int:
     if kept:
         return min(kept, key=lambda i: (worst(runs[i][1]), -runs[i][1][-1]["retain_acc"]))
     return max(range(len(runs)), key=lambda i: runs[i][1][-1]["retain_acc"])
-
-
-def sequence_of(text: str) -> list[tuple[str, str | None]]:
-    return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
 
 
 def run(args, settings: Settings, write, peak_rss_mb, info: dict) -> int:

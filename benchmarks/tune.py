@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.continual import TEN_SEQUENCE, Bench, machine, write  # noqa: E402
+from benchmarks.measures import sequence_of  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
 
@@ -96,10 +97,6 @@ def choose(runs: list[tuple[dict, list[dict]]], floor_of: dict[str, float]) -> i
     if kept:
         return min(kept, key=lambda i: (runs[i][1][-1]["forget_acc"], -runs[i][1][-1]["retain_acc"]))
     return max(range(len(runs)), key=lambda i: runs[i][1][-1]["retain_acc"])
-
-
-def sequence_of(text: str) -> list[tuple[str, str | None]]:
-    return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
 
 
 def resolved(bench: Bench, sequence: list[tuple[str, str | None]], rule: str | None = None):
