@@ -5,13 +5,15 @@ method's setting; the test sequence is then run once per method with that settin
     python benchmarks/tune.py validate --methods lethe,dfr-ft     # -> results/tuning.json, results/tuned.json
     python benchmarks/tune.py test --methods lethe,dfr-ft --seeds 0,1,2   # -> results/test.json
     python benchmarks/tune.py anchors        # Lethe on validation under each anchor rule -> results/anchors.json
+    python benchmarks/tune.py dial           # intensity dial of lethe, residual, lethe-t -> results/dial.json
 
 The rule (declared before any run): among a method's configurations with no collapsed and no gate-rejected
 step on the validation sequence, and whose final forget accuracy on every concept forgotten so far is within
 max(2%, that request's anchor confusion) + 3 points of sampling slack, the one with the highest final
-retained accuracy; if none qualifies, among configurations with no collapsed step that keep >= 95% of the
-base's retained accuracy (the pipeline's retain gate), the lowest worst final forget accuracy; if none does,
-the highest retention.
+retained accuracy (ties, from the second round on: the lower worst final forget accuracy, then the earlier
+configuration); if none qualifies, among configurations with no collapsed step that keep >= 95% of the base's
+retained accuracy (the pipeline's retain gate), the lowest worst final forget accuracy; if none does, the
+highest retention.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ LETHE = [
     {"adapter.intensity": 1.0},
     {"adapter.intensity": 1.5},
     {"adapter.intensity": 2.0},
-    {"adapter.intensity": 1.5, "train.lr": 0.003},
+    {"adapter.intensity": 1.5, "train.steps": 400},  # twice the training steps (lr 3e-3 is the default)
 ]
 # The same budget for every method: four configurations of its own strength knobs.
 GRIDS: dict[str, list[dict]] = {
@@ -56,7 +58,7 @@ GRIDS: dict[str, list[dict]] = {
             "train.weights.smooth": 0.0,
             "train.weights.start": 0.0,
             "adapter.intensity": 1.5,
-            "train.lr": 0.003,
+            "train.steps": 400,
         }
     ],
     "lethe-t": [{**c, "adapter.time_dependent": True} for c in LETHE],  # the field sees t
@@ -69,6 +71,8 @@ GRIDS: dict[str, list[dict]] = {
     ]
     + [{"baselines.esd.variant": "u", "baselines.esd.lr": 1e-5}],
 }
+DIAL = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # x the trained horizon: 1 is as trained, above 1 extrapolates
+DIAL_METHODS = ("lethe", "residual", "lethe-t")
 TRAINER = {"residual": "lethe", "lethe-t": "lethe"}  # variants trained by another method's code
 
 
@@ -84,11 +88,15 @@ def final_ok(rows: list[dict], floor_of: dict[str, float]) -> bool:
     return all(acc <= max(0.02, floor_of.get(c, 0.0)) + SLACK for c, acc in last["forget_acc_each"].items())
 
 
+def worst_forget(rows: list[dict]) -> float:
+    return max(rows[-1]["forget_acc_each"].values())
+
+
 def choose(runs: list[tuple[dict, list[dict]]], floor_of: dict[str, float]) -> int:
     """Index of the configuration the rule picks."""
     ok = [i for i, (_, rows) in enumerate(runs) if final_ok(rows, floor_of)]
     if ok:
-        return max(ok, key=lambda i: runs[i][1][-1]["retain_acc"])
+        return min(ok, key=lambda i: (-runs[i][1][-1]["retain_acc"], worst_forget(runs[i][1]), i))
     kept = [
         i
         for i, (_, rows) in enumerate(runs)
@@ -135,9 +143,43 @@ def compare_anchors(bench: Bench, settings, tuned: dict, results: Path, info: di
     return 0
 
 
+def run_dial(bench: Bench, settings, tuned: dict, results: Path, info: dict, methods) -> int:
+    """Each adapter variant trained once (its tuned setting, the validation sequence's first request), then
+    evaluated at every intensity of DIAL: forget accuracy, the judge's probability of the concept, drawn as
+    anchor and retention against the knob -> results/dial.json."""
+    rows = []
+    for method in methods:
+        if method not in tuned:
+            raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
+        s = settings.override(tuned[method]["config"])
+        concept, replay = bench.first_request(s)
+        result = bench.train_first(concept, replay, s, "dial")
+        for intensity in DIAL:
+            result.stack.set_intensity(result.name, intensity)
+            columns = bench.eval.row(bench.base, result.stack, [concept], concept, {concept: replay.anchor})
+            rows.append(
+                dict(
+                    method=method,
+                    intensity=intensity,
+                    extrapolated=intensity > 1.0,
+                    concept=concept,
+                    anchor=replay.anchor,
+                    config=tuned[method]["config"],
+                    **columns,
+                    **info,
+                )
+            )
+            print(
+                f"dial {method} x{intensity}: forget {columns['forget_acc']:.3f} prob {columns['forget_prob']:.4f} "
+                f"as anchor {columns['drawn_as_anchor']} retain {columns['retain_acc']}"
+            )
+            write(rows, results / "dial.json")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["validate", "test", "anchors"])
+    parser.add_argument("part", choices=["validate", "test", "anchors", "dial"])
     parser.add_argument("--methods", default=",".join(GRIDS), help=f"default: all ({', '.join(GRIDS)})")
     parser.add_argument("--seeds", default="0", help="training seeds (test)")
     parser.add_argument("--forget-samples", type=int, default=256)
@@ -151,7 +193,8 @@ def main(argv=None) -> int:
     results = Path(args.results)
     validate = args.part == "validate"
     text, seed = (TEST, TEST_SEED) if args.part == "test" else (VALIDATION, VALIDATION_SEED)
-    sequence = sequence_of(text)[: args.requests]
+    requests = 1 if args.part == "dial" and args.requests is None else args.requests  # the dial: one request
+    sequence = sequence_of(text)[:requests]
     bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, seed, results / "parts")
     if args.part != "anchors":  # the anchor comparison resolves the automatic anchors under each rule itself
         bench.sequence = resolved(bench, bench.sequence)
@@ -161,6 +204,9 @@ def main(argv=None) -> int:
     tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
     if args.part == "anchors":
         return compare_anchors(bench, settings, tuned, results, info)
+    if args.part == "dial":
+        methods = DIAL_METHODS if args.methods == ",".join(GRIDS) else args.methods.split(",")
+        return run_dial(bench, settings, tuned, results, info, methods)
     out_path = results / ("tuning.json" if validate else "test.json")
     out = json.loads(out_path.read_text()) if out_path.is_file() else []
     for method in args.methods.split(","):

@@ -60,6 +60,14 @@ def test_one_step_forgets_trouser_and_keeps_the_rest():
         assert after[concept] >= before[concept] - 0.15, concept
     kept = sum(after[c] for c in RETAINED) / len(RETAINED)
     assert kept >= 0.9 * sum(before[c] for c in RETAINED) / len(RETAINED)
-    # intensity 0 switches the step off exactly: the base comes back
-    trained.stack.set_intensity("request-1", 0.0)
-    assert judged(generator, trained.stack, judge, ["trouser"]) == {"trouser": before["trouser"]}
+    # the dial is monotone on the trained adapter: less intensity, less forgetting (same noise, one sample of
+    # slack in 48), and intensity 0 switches the step off exactly: the base comes back
+    dial = [s.adapter.intensity, 0.5 * s.adapter.intensity, 0.25 * s.adapter.intensity, 0.0]
+    curve = []
+    for intensity in dial:
+        trained.stack.set_intensity("request-1", intensity)
+        curve.append(judged(generator, trained.stack, judge, ["trouser"])["trouser"])
+    print("trouser accuracy at intensity", dict(zip(dial, curve)))
+    assert curve[0] == after["trouser"] and curve[-1] == before["trouser"]
+    assert all(later >= earlier - 1 / 48 for earlier, later in zip(curve, curve[1:])), curve
+    assert curve[1] < before["trouser"], "half the intensity must still forget some"
