@@ -23,7 +23,7 @@ from lethe.tasks.workspace import Workspace
 def _queue(settings: Settings):
     from lethe.tasks.stores.queue import RequestQueue
 
-    return RequestQueue(Workspace.open(settings).queue_db)
+    return RequestQueue(Workspace.open(settings).queue_location)
 
 
 def _registry(settings: Settings):

@@ -53,7 +53,7 @@ class Context:
         return cls(
             settings,
             workspace,
-            RequestQueue(workspace.queue_db),
+            RequestQueue(workspace.queue_location),
             Registry(workspace, settings.registry),
             DatasetStore(workspace.dvc_root, workspace.dvc_remote),
             EvalCache(workspace.evals),
@@ -397,7 +397,7 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
     ws = Workspace.open(settings)
     logger = get_run_logger()
     reports = []
-    with batch_lock(ws.lock):
+    with batch_lock(ws.lock, ws.queue_location):
         ctx = Context.open(settings, ws)
         recovered = ctx.queue.recover()
         if recovered:

@@ -16,6 +16,7 @@ environment in, so the signature says that it is read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -245,6 +246,26 @@ class RegistrySettings(Section):
 class StorageSettings(Section):
     mlflow_uri: str | None  # None = a SQLite store in the workspace
     dvc_remote: str | None  # None = a folder in the workspace
+    queue_url: str | None  # None = a SQLite file in the workspace; postgresql://USER@HOST:PORT/DB to share
+    inbox: str | None  # s3://BUCKET/PREFIX: request objects (JSON) that enter the queue; None = no inbox
+    s3_endpoint: str | None  # an S3-compatible endpoint URL (None = AWS's own); credentials: AWS config
+
+    @field_validator("queue_url", mode="after")
+    @classmethod
+    def _queue_location(cls, value: str | None) -> str | None:
+        """A PostgreSQL URL without a password (or a SQLite path): refused here, before anything opens it."""
+        if value is not None:
+            from lethe.tasks.stores.queue_database import parse_location
+
+            parse_location(value)
+        return value
+
+    @field_validator("inbox", mode="after")
+    @classmethod
+    def _inbox(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("s3://") or not value[5:].split("/")[0]):
+            raise ValueError(f"the inbox must be s3://BUCKET/PREFIX, got {value!r}")
+        return value
 
 
 class RuntimeSettings(Section):
@@ -349,6 +370,13 @@ def _assign(data: dict, path: list[str], value: Any, label: str) -> None:
     node[path[-1]] = value
 
 
+def redacted(value: Any) -> Any:
+    """`value` with the password of any URL in it replaced by ***: a settings error never prints a secret."""
+    if isinstance(value, str):
+        return re.sub(r"(://[^/:@\s]*):[^@/\s]*@", r"\1:***@", value)
+    return value
+
+
 def _validate(data: Any, root: Path | None, source: str) -> Settings:
     try:
         return Settings.model_validate(data, context={"root": root})
@@ -358,7 +386,7 @@ def _validate(data: Any, root: Path | None, source: str) -> Settings:
             where = ".".join(str(p) for p in e["loc"]) or "(top level)"
             message = "unknown key (misspelt?)" if e["type"] == "extra_forbidden" else e["msg"]
             if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict):
-                message += f" (got {e['input']!r})"
+                message += f" (got {redacted(e['input'])!r})"
             lines.append(f"  {where}: {message}")
         raise SettingsError(f"invalid settings in {source}:\n" + "\n".join(lines)) from None
 

@@ -19,6 +19,7 @@ class Workspace:
     root: Path
     mlflow_uri: str
     dvc_remote: str
+    queue_url: str | None = None  # a shared queue (PostgreSQL); None = queue_db
 
     @classmethod
     def open(cls, settings: Settings) -> "Workspace":
@@ -28,11 +29,17 @@ class Workspace:
             root,
             settings.storage.mlflow_uri or f"sqlite:///{root / 'mlflow.db'}",
             settings.storage.dvc_remote or str(root / "dvc-remote"),
+            settings.storage.queue_url,
         )
 
     @property
     def queue_db(self) -> Path:
         return self.root / "queue.sqlite"
+
+    @property
+    def queue_location(self) -> str:
+        """The queue every step and every machine of this installation uses."""
+        return self.queue_url or str(self.queue_db)
 
     @property
     def mlflow_artifacts(self) -> Path:

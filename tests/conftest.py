@@ -153,3 +153,24 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback for the session (the Debian server binaries); its base URL."""
+    import tempfile
+
+    from tests.servers import postgres_server
+
+    with postgres_server(Path(tempfile.mkdtemp(prefix="lethe-pg-"))) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_location(request, tmp_path) -> str:
+    """A fresh, empty queue location on each engine: the same queue suite runs on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "queue.sqlite")
+    from tests.servers import create_database
+
+    return create_database(request.getfixturevalue("postgres_url"), f"queue_{tmp_path.name.lower()}")

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,3 +35,37 @@ def test_lethe_run_exits_with_a_clear_message_when_a_batch_is_running(tiny_pipel
 
     assert RequestQueue(workspace / "queue.sqlite").get(1).state == "pending"  # nothing was touched
     assert not (workspace / "mlflow.db").exists()  # the lock came before the registry was opened
+
+
+def test_two_machines_sharing_a_postgresql_queue_run_one_batch_at_a_time(tmp_path, postgres_url):
+    """Two workspaces (two machines: separate file locks) share one PostgreSQL queue: the database's lock
+    refuses the second batch, says who holds it, and is free again when the holder's connection ends."""
+    from tests.servers import create_database
+
+    url = create_database(postgres_url, "batch_lock")
+    probe = (
+        "import sys; from pathlib import Path\n"
+        "from lethe.tasks.stores.batch_lock import batch_lock, BatchAlreadyRunning\n"
+        "try:\n    with batch_lock(Path(sys.argv[1]), sys.argv[2]): print('got it')\n"
+        "except BatchAlreadyRunning as e: print('refused:', e)"
+    )
+    other_machine = [sys.executable, "-c", probe, str(tmp_path / "b" / "batch.lock"), url]
+    with batch_lock(tmp_path / "a" / "batch.lock", url):
+        other = subprocess.run(other_machine, capture_output=True, text=True, check=True)
+        assert other.stdout.startswith("refused: another batch holds the shared queue's batch lock (client")
+    assert subprocess.run(other_machine, capture_output=True, text=True, check=True).stdout.strip() == "got it"
+    # a holder that dies without unlocking: the server drops its session and the lock with it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", probe.replace("print('got it')", "print('got it', flush=True); sys.stdin.read()")]
+        + [str(tmp_path / "c" / "batch.lock"), url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "got it"
+    assert "shared queue's batch lock" in subprocess.run(other_machine, capture_output=True, text=True).stdout
+    holder.kill()
+    holder.wait()
+    deadline = time.time() + 10
+    while subprocess.run(other_machine, capture_output=True, text=True).stdout.strip() != "got it":
+        assert time.time() < deadline, "the dead holder's lock was never released"

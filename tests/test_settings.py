@@ -125,3 +125,14 @@ def test_a_file_extends_another_and_changes_only_what_it_gives(tmp_path):
     (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_settings(tmp_path / "d.yaml")
+
+
+def test_a_queue_url_with_a_password_is_refused_and_the_password_never_printed():
+    settings = load_settings(PARAMS)
+    with pytest.raises(SettingsError, match="PGPASSWORD") as caught:
+        settings.override({"storage.queue_url": "postgresql://lethe:hunter2@db.internal:5432/lethe"})
+    assert "hunter2" not in str(caught.value) and "lethe:***@db.internal" in str(caught.value)
+    with pytest.raises(SettingsError, match="s3://BUCKET/PREFIX"):
+        settings.override({"storage.inbox": "bucket/inbox"})
+    shared = settings.override({"storage.queue_url": "postgresql://lethe@db.internal:5432/lethe"})
+    assert shared.storage.queue_url == "postgresql://lethe@db.internal:5432/lethe"

@@ -5,7 +5,8 @@ requests can be re-queued (back to pending, a new attempt).
 
 A request names its concept and, optionally, its anchor; for a text-to-image workspace it may also give the
 prompts to unlearn (instead of the concept file's) and the prompts to steer them to (instead of the anchor's).
-They are stored as JSON lists; a queue file made before these columns existed gains them when opened.
+They are stored as JSON lists. Where the queue lives (a SQLite file, or PostgreSQL for several machines) and its
+versioned schema are `queue_database.py`'s concern; this file is the state machine, the same on both.
 
 Requests are taken strictly in id order, one at a time, and every transition is one transaction, so a crash
 leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
@@ -15,38 +16,17 @@ before a new batch starts. Invalid requests are refused when they are added, wit
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lethe.tasks.stores.queue_database import QueueDatabase
+
 PENDING, RUNNING, DONE, FAILED, ROLLED_BACK = "pending", "running", "done", "failed", "rolled_back"
 STATES = (PENDING, RUNNING, DONE, FAILED, ROLLED_BACK)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    concept TEXT NOT NULL,
-    anchor TEXT,
-    note TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL DEFAULT 'pending',
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    version TEXT,
-    reasons TEXT NOT NULL DEFAULT '',
-    prompts TEXT NOT NULL DEFAULT '[]',
-    anchor_prompts TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS requests_state ON requests (state, id);
-"""
-ADDED_COLUMNS = {  # columns added after the first schema: (name, definition), added in place when missing
-    "prompts": "TEXT NOT NULL DEFAULT '[]'",
-    "anchor_prompts": "TEXT NOT NULL DEFAULT '[]'",
-}
+PROMPT_COLUMNS = ("prompts", "anchor_prompts")  # JSON lists
 MAX_PROMPTS, MAX_PROMPT_CHARS = 16, 200  # so a request's prompts fit an MLflow tag
 
 
@@ -98,38 +78,19 @@ def _now() -> str:
 
 
 class RequestQueue:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.executescript(SCHEMA)
-            present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-            for name, definition in ADDED_COLUMNS.items():
-                if name not in present:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {name} {definition}")
-            db.commit()
-        finally:
-            db.close()
+    """The queue at `location`: a SQLite file path (or sqlite:///PATH), or a postgresql:// URL."""
 
-    @contextmanager
+    def __init__(self, location: str | Path):
+        self.database = QueueDatabase(location)
+        self.path = getattr(self.database, "path", None)  # the SQLite file, when it is one
+
     def _transaction(self):
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+        return self.database.transaction()
 
     @staticmethod
     def _row(row) -> Request:
         fields = {k: row[k] for k in row.keys()}
-        for name in ADDED_COLUMNS:
+        for name in PROMPT_COLUMNS:
             fields[name] = tuple(json.loads(fields[name]))
         return Request(**fields)
 
@@ -170,12 +131,12 @@ class RequestQueue:
             ).fetchone()
             if open_request:
                 raise RequestRefused(f"concept {concept!r} is already queued as request {open_request['id']}")
-            cursor = db.execute(
+            row = db.execute(
                 "INSERT INTO requests (concept, anchor, note, created_at, prompts, anchor_prompts) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (concept, anchor, note, _now(), json.dumps(list(prompts)), json.dumps(list(anchor_prompts))),
-            )
-            return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            ).fetchall()[0]  # every row read before the commit
+            return self._row(row)
 
     def get(self, request_id: int) -> Request:
         with self._transaction() as db:
