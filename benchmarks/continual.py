@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.baselines import retrain_without, train_esd, train_full_finetune, train_lora  # noqa: E402
-from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
+from benchmarks.measures import anchor_confusion, peak_rss_mb, sequence_of, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
@@ -416,25 +416,24 @@ class Bench:
         return [self.base_row("retrain", row["seed"]), row]
 
     def run_floors(self, log=print) -> list[dict]:
-        """Per request, how often the judge calls the *anchor's* base samples the forgotten concept: the forget
-        accuracy of a model that renders the concept exactly as the anchor, so no method can go below it."""
+        """Per request, the anchor's confusion: how often the judge calls the *anchor's* base samples the
+        forgotten concept, the forget accuracy of a model that renders the concept exactly as the anchor (a
+        reference, not a lower bound: a method may draw something the judge confuses less)."""
         rows = []
         for concept, anchor in self.sequence:
             if anchor is None:
                 continue
             images, labels, predicted = self.eval.predictions(self.base, None, [anchor], self.eval.forget_n)
-            hits = int((predicted == self.base.concepts.index(concept)).sum())
+            confusion = anchor_confusion(predicted, self.base.concepts.index(concept))
             rows.append(
                 {
                     "concept": concept,
                     "anchor": anchor,
-                    "floor": round(hits / len(predicted), 4),
-                    "floor_ci": wilson(hits, len(predicted)),
-                    "n": len(predicted),
+                    **confusion,
                     "anchor_acc": round(float((predicted == labels).float().mean()), 4),
                 }
             )
-            log(f"floor {concept} -> {anchor}: {rows[-1]['floor']:.3f} ({hits}/{len(predicted)})")
+            log(f"anchor confusion {concept} -> {anchor}: {confusion['floor']:.3f} of {confusion['n']}")
         return rows
 
     def first_request(self, settings: Settings):

@@ -1,5 +1,5 @@
-"""What every benchmark shares: the interval of a proportion, peak memory of the process, and request
-sequences written as `concept:anchor` pairs."""
+"""What every benchmark shares: the interval of a proportion, an anchor's confusion, peak memory of the process,
+and request sequences written as `concept:anchor` pairs."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
 def sequence_of(text: str) -> list[tuple[str, str | None]]:
     """`concept:anchor,...` as (concept, anchor) pairs; `concept:` leaves the anchor to the automatic rule."""
     return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
+
+
+def anchor_confusion(predicted, concept: int) -> dict:
+    """The anchor's confusion (the JSON calls it `floor`): the share of the anchor's samples, judged as
+    `predicted` (class indices), that the judge calls the forgotten `concept`, with its Wilson interval. A
+    model that draws the concept exactly as its anchor scores this forget accuracy; it is not a lower bound."""
+    n = len(predicted)
+    if n == 0:
+        raise ValueError("no samples of the anchor to judge")
+    hits = int((predicted == concept).sum())
+    return {"floor": round(hits / n, 4), "floor_ci": wilson(hits, n), "n": n}

@@ -675,6 +675,180 @@ def tuning_markdown(rows: list[dict], plots: Path) -> str:
     return "\n".join(["## Protocol: validation (tuning)", "", commands, "", table(header, body), ""])
 
 
+def span(rows: list[dict], value, percent: bool = True) -> str:
+    """Mean over seeds with its min–max in brackets (just the value for one seed); `value(row)` or None."""
+    values = [v for v in (value(r) for r in rows) if v is not None]
+    if not values:
+        return DASH
+    scale, fmt = (100.0, ".1f") if percent else (1.0, ".2f")
+    text = format(sum(values) / len(values) * scale, fmt)
+    if len(values) > 1:
+        text += f" [{format(min(values) * scale, fmt)}–{format(max(values) * scale, fmt)}]"
+    return text + ("%" if percent else "")
+
+
+def within_confusion(row: dict) -> tuple[int, int]:
+    """(concepts at or under max(2%, their anchor's confusion), concepts forgotten) in the row's last step."""
+    floors, each = row.get("floors", {}), row.get("forget_acc_each", {})
+    return sum(a <= max(0.02, floors.get(c, 0.0)) for c, a in each.items()), len(each)
+
+
+def relative_anchor(row: dict, base: dict) -> float | None:
+    """The worst forgotten concept's drawn-as-anchor share over the share of the anchor's own base samples
+    the judge calls the anchor: 100% draws the concept as recognisably as the base draws its anchor."""
+    anchors = {c: a for c, a in row.get("anchors", {}).items()}
+    each = row.get("drawn_as_anchor_each") or {}
+    ratios = [each[c] / base[a] for c, a in anchors.items() if c in each and base.get(a)]
+    return min(ratios) if ratios else None
+
+
+def protocol_markdown(rows: list[dict], plots: Path) -> str:
+    """test.json's headline: per method, the last step over training seeds (mean [min–max]), the targets'
+    columns, and every concept against its anchor's confusion."""
+    groups = by_method_step(rows)
+    body, concepts_body = [], []
+    for method, steps in groups.items():
+        last = max(steps)
+        final, later = steps[last], [r for s, rs in steps.items() if s > 0 for r in rs]
+        base = {r.get("seed"): r.get("accuracy", {}) for r in steps.get(0, [])}
+        anchors = {r["concept"]: r.get("anchor") for r in later if r.get("anchor")}
+        for r in final:
+            r.setdefault("anchors", anchors)
+        within = [within_confusion(r) for r in final]
+        body.append(
+            [
+                method,
+                str(last),
+                ", ".join(str(r.get("seed")) for r in final),
+                span(final, lambda r: r.get("forget_acc")),
+                " / ".join(f"{k}/{n}" for k, n in within),
+                span(final, lambda r: r.get("drawn_as_anchor")),
+                span(final, lambda r: relative_anchor(r, base.get(r.get("seed"), {}))),
+                span(final, lambda r: r.get("retain_acc")),
+                span(final, lambda r: r.get("retain_acc_in")),
+                span(final, lambda r: r.get("retain_acc_cross")),
+                span(final, lambda r: r.get("unchanged")),
+                span(final, lambda r: r.get("kid_ratio"), percent=False),
+                f"{sum(bool(r.get('collapsed')) for r in later)} / {sum(bool(r.get('rejected')) for r in later)}"
+                f" of {len(later)}",
+            ]
+        )
+        for concept in final[0].get("forget_acc_each", {}):
+            floor = final[0].get("floors", {}).get(concept)
+            concepts_body.append(
+                [
+                    method,
+                    f"{concept} → {anchors.get(concept) or DASH}",
+                    pct(floor),
+                    span(final, lambda r, c=concept: r.get("forget_acc_each", {}).get(c)),
+                    "yes" if all(r["forget_acc_each"][concept] <= max(0.02, floor or 0.0) for r in final) else "no",
+                    span(final, lambda r, c=concept: (r.get("drawn_as_anchor_each") or {}).get(c)),
+                ]
+            )
+    header = [
+        "method",
+        "step",
+        "seeds",
+        "forget, worst concept",
+        "concepts ≤ max(2%, anchor's confusion), per seed",
+        "drawn as anchor (worst)",
+        "drawn as anchor / anchor's own base rate (worst)",
+        "retain (all)",
+        "retain in-domain",
+        "retain cross-domain",
+        "unchanged",
+        "KID ratio",
+        "collapsed / rejected steps",
+    ]
+    concept_header = [
+        "method",
+        "concept → anchor",
+        "anchor's confusion",
+        "forget after the last step",
+        "≤ max(2%, confusion) on every seed",
+        "drawn as anchor",
+    ]
+    return "\n".join(
+        [
+            "## Protocol: test sequence, last step",
+            "",
+            "Mean over training seeds, with the min–max over seeds in brackets.",
+            "",
+            table(header, body),
+            "",
+            "### Every forgotten concept after the last step",
+            "",
+            table(concept_header, concepts_body),
+            "",
+        ]
+    )
+
+
+def dial_markdown(rows: list[dict], plots: Path) -> str:
+    """dial.json: each adapter variant, trained once, evaluated at every intensity of the dial."""
+    body = [
+        [
+            r["method"],
+            f"{r['intensity']:g}"
+            + (" (extrapolated)" if r.get("extrapolated") else "")
+            + (" **deployed**" if r["intensity"] == r.get("config", {}).get("adapter.intensity") else ""),
+            forget_cell(r),
+            num(r.get("forget_prob"), ".4f"),
+            pct(r.get("drawn_as_anchor")),
+            pct(r.get("retain_acc")),
+            pct(r.get("unchanged")),
+            "yes" if r.get("collapsed") else "no",
+        ]
+        for r in rows
+    ]
+    header = ["method", "intensity", "forget acc", "judge's probability", "drawn as anchor", "retain", "unchanged"]
+    first = rows[0]
+    return "\n".join(
+        [
+            "## Protocol: the intensity dial",
+            "",
+            f"Each variant trained once on {first['concept']} → {first['anchor']} (the validation sequence's first "
+            "request, its tuned setting), then evaluated at each intensity: 1 is the trained horizon, above 1 "
+            "extrapolates past it, and the tuned setting is marked.",
+            "",
+            table(header + ["collapsed"], body),
+            "",
+        ]
+    )
+
+
+def grid_markdown(rows: list[dict], plots: Path) -> str:
+    """grid.json: ODE adapters deployed on one solver step against their trained grid."""
+    body = [
+        [
+            r["sequence"],
+            r["method"],
+            f"{r['deployment']} ({r['solver_steps']} {r['solver']} step{'s' if r['solver_steps'] > 1 else ''})",
+            request_cell({"step": 1, **r}),
+            forget_cell(r),
+            num(r.get("forget_prob"), ".4f"),
+            pct(r.get("drawn_as_anchor")),
+            pct(r.get("retain_acc")),
+            pct(r.get("unchanged")),
+            num(r.get("eval_seconds"), ".0f"),
+        ]
+        for r in rows
+    ]
+    header = [
+        "sequence",
+        "method",
+        "deployed on",
+        "request",
+        "forget acc",
+        "judge's probability",
+        "drawn as anchor",
+        "retain",
+        "unchanged",
+        "evaluation s",
+    ]
+    return "\n".join(["## Protocol: one solver step against the trained grid", "", table(header, body), ""])
+
+
 def text_tuning_markdown(rows: list[dict], plots: Path) -> str:
     """The text-to-image validation request (tuning-text.json), one row per method and configuration."""
     body = [
@@ -744,6 +918,9 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("ablation.json", ablation_markdown),
         ("tuning.json", tuning_markdown),
         ("test.json", partial(continual_markdown, title="Protocol: test sequence", prefix="test")),
+        ("test.json", protocol_markdown),
+        ("dial.json", dial_markdown),
+        ("grid.json", grid_markdown),
         ("anchors.json", anchors_markdown),
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),

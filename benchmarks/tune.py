@@ -6,6 +6,8 @@ method's setting; the test sequence is then run once per method with that settin
     python benchmarks/tune.py test --methods lethe,dfr-ft --seeds 0,1,2   # -> results/test.json
     python benchmarks/tune.py anchors        # Lethe on validation under each anchor rule -> results/anchors.json
     python benchmarks/tune.py dial           # intensity dial of lethe, residual, lethe-t -> results/dial.json
+    python benchmarks/tune.py grid           # ODE adapters on one step vs their trained grid -> results/grid.json
+    python benchmarks/tune.py test --methods retrain   # the base recipe in full without the test's concepts
 
 The rule (declared before any run): among a method's configurations with no collapsed and no gate-rejected
 step on the validation sequence, and whose final forget accuracy on every concept forgotten so far is within
@@ -19,8 +21,10 @@ highest retention.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +77,8 @@ GRIDS: dict[str, list[dict]] = {
 }
 DIAL = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # x the trained horizon: 1 is as trained, above 1 extrapolates
 DIAL_METHODS = ("lethe", "residual", "lethe-t")
+GRID_METHODS = ("lethe", "lethe-t")  # the ODE adapters (residual has one step in training too)
+RETRAIN = "retrain"  # no strength knob to tune: the base recipe, every step, without the forgotten concepts
 TRAINER = {"residual": "lethe", "lethe-t": "lethe"}  # variants trained by another method's code
 
 
@@ -177,9 +183,56 @@ def run_dial(bench: Bench, settings, tuned: dict, results: Path, info: dict, met
     return 0
 
 
+def deploy_on(stack, name: str, steps: int | None) -> None:
+    """Integrate adapter `name` on `steps` solver steps at sampling (None: its training grid)."""
+    for target in stack.slots[name].targets:
+        field = stack.field(name, target)
+        field.config = dataclasses.replace(field.config, sampling_steps=steps)
+
+
+def run_grid(benches: dict, settings, tuned: dict, results: Path, info: dict, methods) -> int:
+    """Each ODE adapter trained once (its tuned setting, the first request of each sequence), then evaluated
+    deployed on one step (params.yaml's `adapter.sampling_steps`) and on its trained grid -> results/grid.json."""
+    rows = []
+    for sequence, bench in benches.items():
+        for method in methods:
+            if method not in tuned:
+                raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
+            s = settings.override(tuned[method]["config"])
+            concept, replay = bench.first_request(s)
+            result = bench.train_first(concept, replay, s, "grid")
+            trained = next(iter(result.stack.adapters[result.name].values())).config.steps
+            for deployment, steps in (("deployed", s.adapter.sampling_steps), ("trained grid", None)):
+                deploy_on(result.stack, result.name, steps)
+                started = time.time()
+                columns = bench.eval.row(bench.base, result.stack, [concept], concept, {concept: replay.anchor})
+                rows.append(
+                    dict(
+                        method=method,
+                        sequence=sequence,
+                        deployment=deployment,
+                        solver_steps=steps or trained,
+                        solver=s.adapter.solver,
+                        intensity=s.adapter.intensity,
+                        concept=concept,
+                        anchor=replay.anchor,
+                        config=tuned[method]["config"],
+                        eval_seconds=round(time.time() - started, 1),
+                        **columns,
+                        **info,
+                    )
+                )
+                print(
+                    f"grid {sequence} {method} {deployment} ({steps or trained} steps): forget "
+                    f"{columns['forget_acc']:.3f} as anchor {columns['drawn_as_anchor']} retain {columns['retain_acc']}"
+                )
+                write(rows, results / "grid.json")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["validate", "test", "anchors", "dial"])
+    parser.add_argument("part", choices=["validate", "test", "anchors", "dial", "grid"])
     parser.add_argument("--methods", default=",".join(GRIDS), help=f"default: all ({', '.join(GRIDS)})")
     parser.add_argument("--seeds", default="0", help="training seeds (test)")
     parser.add_argument("--forget-samples", type=int, default=256)
@@ -193,7 +246,7 @@ def main(argv=None) -> int:
     results = Path(args.results)
     validate = args.part == "validate"
     text, seed = (TEST, TEST_SEED) if args.part == "test" else (VALIDATION, VALIDATION_SEED)
-    requests = 1 if args.part == "dial" and args.requests is None else args.requests  # the dial: one request
+    requests = 1 if args.part in ("dial", "grid") and args.requests is None else args.requests  # dial, grid: one
     sequence = sequence_of(text)[:requests]
     bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, seed, results / "parts")
     if args.part != "anchors":  # the anchor comparison resolves the automatic anchors under each rule itself
@@ -207,9 +260,22 @@ def main(argv=None) -> int:
     if args.part == "dial":
         methods = DIAL_METHODS if args.methods == ",".join(GRIDS) else args.methods.split(",")
         return run_dial(bench, settings, tuned, results, info, methods)
+    if args.part == "grid":
+        methods = GRID_METHODS if args.methods == ",".join(GRIDS) else args.methods.split(",")
+        test = Bench(settings, sequence_of(TEST)[:1], args.forget_samples, args.retain_samples, TEST_SEED)
+        test.sequence = resolved(test, test.sequence)
+        return run_grid({"validation": bench, "test": test}, settings, tuned, results, info, methods)
     out_path = results / ("tuning.json" if validate else "test.json")
     out = json.loads(out_path.read_text()) if out_path.is_file() else []
     for method in args.methods.split(","):
+        if method == RETRAIN and not validate:
+            for s in (int(x) for x in args.seeds.split(",")):
+                bench.settings = settings.override({"base.seed": s})
+                rows = bench.run_retrain(None)
+                out = [r for r in out if not (r["method"] == method and r["seed"] == s)]
+                out += [dict(r, config={}, floors=floor_of, **info) for r in rows]
+                write(out, out_path)
+            continue
         if method not in GRIDS:
             raise SystemExit(f"unknown method {method!r}; known: {', '.join(GRIDS)}")
         trainer = TRAINER.get(method, method)

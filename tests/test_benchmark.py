@@ -161,3 +161,38 @@ def test_the_protocol_tunes_on_validation_then_runs_the_test_with_the_chosen_set
     assert test[1]["config"]["adapter.step_size"] == 1.0  # one step: h + s * f(h)
     with pytest.raises(SystemExit, match="no tuned setting"):
         tune(["test", "--methods", "dfr-ft", "--requests", "1", *common])
+
+
+def test_the_protocol_compares_solver_grids_and_retrains_without_the_forgotten(tiny_pipeline, tmp_path):
+    from benchmarks.tune import main as tune
+
+    settings = tiny_pipeline.settings.override(
+        {"train.steps": 2, "distill.replay_per_concept": 2, "base.block_channels": [16, 32], "base.steps": 2}
+    )
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(2)
+    save_file(
+        {"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+        settings.paths.prepared / "train.safetensors",
+    )
+    path = write_settings(settings, tmp_path / "tune-params.yaml")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "tuned.json").write_text(json.dumps({"lethe": {"config": {"adapter.intensity": 2.0}}}))
+    common = ["--params", str(path), "--results", str(results), "--forget-samples", "2", "--retain-samples", "2"]
+    assert tune(["grid", "--methods", "lethe", *common]) == 0
+    grid = json.loads((results / "grid.json").read_text())
+    steps = math.ceil(settings.adapter.horizon / settings.adapter.step_size)
+    assert [(r["sequence"], r["deployment"], r["solver_steps"]) for r in grid] == [
+        ("validation", "deployed", settings.adapter.sampling_steps),
+        ("validation", "trained grid", steps),
+        ("test", "deployed", settings.adapter.sampling_steps),
+        ("test", "trained grid", steps),
+    ]
+    assert [r["concept"] for r in grid] == ["pullover", "pullover", "trouser", "trouser"]
+    assert all(r["intensity"] == 2.0 and r["forget_n"] == 2 for r in grid)
+    # retrain has no knob to tune: the base recipe from scratch without the forgotten concepts, once per seed
+    assert tune(["test", "--methods", "retrain", "--requests", "2", *common]) == 0
+    test = json.loads((results / "test.json").read_text())
+    assert [(r["method"], r["step"], r["seed"]) for r in test] == [("retrain", 0, 0), ("retrain", 2, 0)]
+    assert set(test[1]["forget_acc_each"]) == {"trouser", "digit_3"} and test[1]["retrain_steps"] == 2
+    assert test[1]["trainable_params"] == test[1]["base_params"]

@@ -3,6 +3,7 @@ of samples unchanged, drawn-as-anchor, the collapse check and the pipeline's gat
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks.continual import Evaluation, diversity
@@ -100,3 +101,18 @@ def test_the_tuning_rule_keeps_collapsed_and_rejected_configurations_out():
     # nothing qualifies: the lowest forget among uncollapsed configurations that keep >= 95%
     fallback = [run({"pullover": 0.3, "digit_4": 0.2}, 0.97), runs[1], run({"pullover": 0.2, "digit_4": 0.2}, 0.96)]
     assert choose(fallback, floors) == 2
+
+
+def test_the_anchors_confusion_on_hand_made_judgements():
+    from benchmarks.measures import anchor_confusion
+
+    trouser, dress = CONCEPTS.index("trouser"), CONCEPTS.index("dress")
+    # 10 of the anchor's (dress's) samples: the judge calls 3 of them trousers, 6 dresses, 1 a coat
+    predicted = torch.tensor([trouser] * 3 + [dress] * 6 + [CONCEPTS.index("coat")])
+    confusion = anchor_confusion(predicted, trouser)
+    assert confusion["floor"] == 0.3 and confusion["n"] == 10
+    low, high = confusion["floor_ci"]
+    assert low < 0.3 < high and 0.0 < low and high < 1.0
+    assert anchor_confusion(torch.tensor([dress] * 8), trouser)["floor"] == 0.0  # never confused
+    with pytest.raises(ValueError, match="no samples"):
+        anchor_confusion(torch.tensor([], dtype=torch.long), trouser)

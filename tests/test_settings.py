@@ -20,7 +20,7 @@ def edited(tmp_path, edit) -> str:
 def test_the_shipped_file_loads_and_its_paths_are_relative_to_it():
     settings = load_settings(PARAMS)
     assert settings.paths.base == ROOT / "artifacts" / "base" and settings.paths.workspace == ROOT / "workspace"
-    assert settings.train.steps == 200 and settings.adapter.intensity == 1.5
+    assert settings.train.steps == 200 and settings.adapter.intensity == 2.0
 
 
 def test_a_misspelt_key_fails_at_load_with_its_path(tmp_path):
