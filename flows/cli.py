@@ -52,28 +52,48 @@ def cmd_concepts(args, settings: Settings) -> int:
 
 def cmd_request_add(args, settings: Settings) -> int:
     from lethe.tasks.model_sources import open_generator
+    from lethe.tasks.operations.enqueue import enqueue
     from lethe.tasks.stores.queue import RequestRefused
 
     queue = _queue(settings)
-    generator = open_generator(settings.generator)
     try:
-        if (args.prompt or args.anchor_prompt) and not hasattr(generator, "prompts_of"):
-            raise RequestRefused(
-                "--prompt and --anchor-prompt are for text-to-image workspaces; this one is class-conditional"
-            )
-        request = queue.add(
+        request = enqueue(
+            queue,
+            open_generator(settings.generator),
             args.concept,
             args.anchor,
             args.note or "",
-            known=generator.concepts,
-            forgotten=queue.forgotten(),
-            prompts=args.prompt or (),
-            anchor_prompts=args.anchor_prompt or (),
+            args.prompt or (),
+            args.anchor_prompt or (),
         )
     except RequestRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
     print(request.id)
+    return 0
+
+
+def cmd_request_inbox(args, settings: Settings) -> int:
+    from lethe.tasks.model_sources import open_generator
+    from lethe.tasks.stores.request_inbox import ingest_inbox
+    from lethe.tasks.stores.s3 import s3_client
+
+    if settings.storage.inbox is None:
+        print("refused: no inbox is configured (storage.inbox: s3://BUCKET/PREFIX)", file=sys.stderr)
+        return 2
+    report = ingest_inbox(
+        _queue(settings),
+        open_generator(settings.generator),
+        s3_client(settings.storage.s3_endpoint),
+        settings.storage.inbox,
+    )
+    for key, request_id in report.queued:
+        print(f"queued   {key} -> request {request_id}")
+    for key, reason in report.rejected:
+        print(f"rejected {key}: {reason}")
+    for key in report.already:
+        print(f"moved    {key} (read before)")
+    print(f"{len(report.queued)} queued, {len(report.rejected)} rejected from {settings.storage.inbox}")
     return 0
 
 
@@ -326,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
         help="text-to-image: a prompt to steer to (repeatable); replaces the anchor's prompts for this request",
     )
     add.set_defaults(func=cmd_request_add)
+    request.add_parser(
+        "inbox", help="queue the request objects under storage.inbox (S3); each object enters once"
+    ).set_defaults(func=cmd_request_inbox)
     listing = request.add_parser("list", help="all requests with their state")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_request_list)

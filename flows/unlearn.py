@@ -386,6 +386,29 @@ def batch_settings(params_file: str, workspace: str | None) -> Settings:
     return settings.override({"paths.workspace": str(Path(workspace).resolve())}) if workspace else settings
 
 
+def read_inbox(ctx: Context, storage, logger) -> None:
+    """Queue the S3 inbox's new request objects before the batch claims any. An outage of the inbox is
+    logged and the batch goes on with what is queued; the objects stay for the next batch."""
+    from lethe.tasks.stores.request_inbox import ingest_inbox
+    from lethe.tasks.stores.s3 import s3_client
+
+    generator = open_generator(ctx.settings.generator)
+    try:
+        report = ingest_inbox(ctx.queue, generator, s3_client(storage.s3_endpoint), storage.inbox)
+    except Exception as error:  # botocore's errors have no common base worth naming here
+        logger.error(
+            "the inbox %s could not be read (%s: %s); it is read again next batch",
+            storage.inbox,
+            type(error).__name__,
+            error,
+        )
+        return
+    for key, reason in report.rejected:
+        logger.warning("inbox object %s rejected: %s", key, reason)
+    if report.queued:
+        logger.info("inbox: queued %s", ", ".join(f"{key} as request {i}" for key, i in report.queued))
+
+
 @flow(name="lethe-process-queue", log_prints=True)
 def process_queue(params_file: str = "params.yaml", workspace: str | None = None, limit: int | None = None) -> list:
     """Drain pending requests in order (at most `limit`), one at a time; the nightly deployment runs this.
@@ -402,6 +425,8 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
         recovered = ctx.queue.recover()
         if recovered:
             logger.warning("requests %s were interrupted by an earlier crash and are pending again", recovered)
+        if settings.storage.inbox:
+            read_inbox(ctx, settings.storage, logger)
         ensure_base(ctx)
         while limit is None or len(reports) < limit:
             request = ctx.queue.claim_next()

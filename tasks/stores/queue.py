@@ -103,10 +103,12 @@ class RequestQueue:
         forgotten: Iterable[str] = (),
         prompts: Iterable[str] = (),
         anchor_prompts: Iterable[str] = (),
+        origin: tuple[str, str, str] | None = None,
     ) -> Request:
         """Enqueue a request after checking it against the known and already-forgotten concepts; `prompts` and
         `anchor_prompts` (text-to-image only: the caller knows the workspace's kind) replace the concept
-        file's prompts of the concept and of the anchor for this request's unlearning."""
+        file's prompts of the concept and of the anchor for this request's unlearning. `origin` (bucket, key,
+        ETag of an inbox object) is recorded in the same transaction, so an object enters the queue once."""
         known, forgotten = list(known), set(forgotten)
         prompts, anchor_prompts = check_prompts(prompts, "prompts"), check_prompts(anchor_prompts, "anchor prompts")
         if set(prompts) & set(anchor_prompts):
@@ -122,6 +124,13 @@ class RequestQueue:
                 raise RequestRefused(f"anchor {anchor!r} has been forgotten already; pick a retained concept")
         with self._transaction() as db:
             if (
+                origin is not None
+                and db.execute(
+                    "SELECT 1 FROM inbox_objects WHERE bucket = ? AND object_key = ? AND etag = ?", origin
+                ).fetchone()
+            ):
+                raise RequestRefused(f"inbox object {origin[1]} (ETag {origin[2]}) has been read already")
+            if (
                 concept in forgotten
                 or db.execute("SELECT 1 FROM requests WHERE concept = ? AND state = ?", (concept, DONE)).fetchone()
             ):
@@ -136,7 +145,32 @@ class RequestQueue:
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
                 (concept, anchor, note, _now(), json.dumps(list(prompts)), json.dumps(list(anchor_prompts))),
             ).fetchall()[0]  # every row read before the commit
+            if origin is not None:
+                db.execute(
+                    "INSERT INTO inbox_objects (bucket, object_key, etag, request_id, outcome, seen_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (*origin, row["id"], "queued", _now()),
+                )
             return self._row(row)
+
+    def inbox_outcome(self, origin: tuple[str, str, str]) -> dict | None:
+        """What became of an inbox object already read: {"outcome", "request_id", "reason"}, or None."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT outcome, request_id, reason FROM inbox_objects WHERE bucket = ? AND object_key = ? "
+                "AND etag = ?",
+                origin,
+            ).fetchone()
+        return {k: row[k] for k in row.keys()} if row else None
+
+    def refuse_inbox_object(self, origin: tuple[str, str, str], reason: str) -> None:
+        """Record that an inbox object was refused (it never becomes a request), with the reason."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO inbox_objects (bucket, object_key, etag, outcome, reason, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*origin, "rejected", reason, _now()),
+            )
 
     def get(self, request_id: int) -> Request:
         with self._transaction() as db:

@@ -65,10 +65,20 @@ def _request_prompts(tx: Transaction) -> None:
             tx.execute(f"ALTER TABLE requests ADD COLUMN {name} TEXT NOT NULL DEFAULT '[]'")
 
 
+def _inbox_objects(tx: Transaction) -> None:
+    """Request objects read from an S3 inbox: each (bucket, key, ETag) enters the queue at most once."""
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS inbox_objects (bucket TEXT NOT NULL, object_key TEXT NOT NULL, "
+        "etag TEXT NOT NULL, request_id INTEGER, outcome TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', "
+        "seen_at TEXT NOT NULL, PRIMARY KEY (bucket, object_key, etag))"
+    )
+
+
 # (version, what it does, how): append only; a released migration never changes.
 MIGRATIONS: list[tuple[int, str, Callable[[Transaction], None]]] = [
     (1, "the requests table and its state index", _requests_table),
     (2, "a request's own prompts and anchor prompts (JSON lists)", _request_prompts),
+    (3, "the S3 inbox's record of the objects it has read", _inbox_objects),
 ]
 
 
