@@ -55,7 +55,7 @@ class Context:
             workspace,
             RequestQueue(workspace.queue_location),
             Registry(workspace, settings.registry),
-            DatasetStore(workspace.dvc_root, workspace.dvc_remote),
+            DatasetStore(workspace.dvc_root, workspace.dvc_remote, settings.storage.s3_endpoint),
             EvalCache(workspace.evals),
             open_judge(settings.generator.judge, settings.paths.judge),
             load_split("test", settings.paths.prepared),

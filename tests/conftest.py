@@ -174,3 +174,33 @@ def queue_location(request, tmp_path) -> str:
     from tests.servers import create_database
 
     return create_database(request.getfixturevalue("postgres_url"), f"queue_{tmp_path.name.lower()}")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server, a real HTTP endpoint on loopback, for the session."""
+    from tests.servers import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+S3_BUCKET = "lethe-test"  # made empty for each test by `s3_bucket`
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A boto3 client of the S3 server, with the empty bucket S3_BUCKET. Credentials reach boto3 (and DVC)
+    the way they reach a worker: from the environment, never from a settings file."""
+    from lethe.tasks.stores.s3 import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client, bucket = s3_client(s3_endpoint), S3_BUCKET
+    client.create_bucket(Bucket=bucket)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)

@@ -10,34 +10,14 @@ import pytest
 
 from lethe.tasks.stores.queue import RequestQueue
 from lethe.tasks.stores.request_inbox import ingest_inbox, parse_request
-from lethe.tasks.stores.s3 import s3_client, split_s3_url
+from lethe.tasks.stores.s3 import split_s3_url
+from tests.conftest import S3_BUCKET as BUCKET
 from tests.conftest import tiny_generator
-
-BUCKET = "lethe-requests"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from tests.servers import s3_server
-
-    with s3_server() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """A client through boto3's own credential chain (here the environment, as on a worker), and a fresh
-    bucket."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = s3_client(s3_endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for item in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=item["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+def s3(s3_bucket):
+    return s3_bucket
 
 
 def put(client, key: str, body) -> None:

@@ -34,9 +34,14 @@ class DatasetRef:
 
 
 class DatasetStore:
-    def __init__(self, root: str | Path, remote: str):
+    """`remote`: a folder or an s3://BUCKET/PREFIX URL; `endpoint`: the S3-compatible endpoint of an s3://
+    remote (None = AWS's own). Credentials come from boto3's chain (environment, AWS configuration), never
+    from here, so none is written into the repository's config."""
+
+    def __init__(self, root: str | Path, remote: str, endpoint: str | None = None):
         self.root = Path(root)
         self.remote = remote
+        self.endpoint = endpoint
 
     def _repo(self):
         from dvc.repo import Repo
@@ -50,6 +55,8 @@ class DatasetStore:
             conf["core"]["check_update"] = False
             conf["core"]["remote"] = REMOTE_NAME
             conf["remote"][REMOTE_NAME] = {"url": self.remote}
+            if self.endpoint and self.remote.startswith("s3://"):
+                conf["remote"][REMOTE_NAME]["endpointurl"] = self.endpoint
         return repo
 
     def folder(self, request_id: int, attempt: int) -> Path:
