@@ -2,6 +2,7 @@
 configurations of its own strength knobs, run on the validation sequence only, and one rule picks each
 method's setting; the test sequence is then run once per method with that setting.
 
+    python benchmarks/tune.py all            # the whole protocol, in order: every part below, every method
     python benchmarks/tune.py validate --methods lethe,dfr-ft     # -> results/tuning.json, results/tuned.json
     python benchmarks/tune.py test --methods lethe,dfr-ft --seeds 0,1,2   # -> results/test.json
     python benchmarks/tune.py anchors        # Lethe on validation under each anchor rule -> results/anchors.json
@@ -230,9 +231,30 @@ def run_grid(benches: dict, settings, tuned: dict, results: Path, info: dict, me
     return 0
 
 
+def run_all(argv: list[str]) -> int:
+    """The protocol from a fresh clone, in its declared order: validation of every method, the test sequence
+    once per method with 3 training seeds (retrain: one, the base recipe's seed), then the dial, the grid and
+    the anchor comparison. `argv` holds the options common to every part (--params, --results, ...)."""
+    test = ",".join(GRIDS)  # the ablations residual and lethe-t too: what the ODE adds is a test-sequence claim
+    for part in (
+        ["validate"],
+        ["test", "--methods", test, "--seeds", "0,1,2"],  # ~1 h per method on 2 CPU cores
+        ["test", "--methods", RETRAIN],
+        ["dial"],
+        ["grid"],
+        ["anchors"],
+    ):
+        if main(part + argv) != 0:
+            return 1
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["all"]:
+        return run_all(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["validate", "test", "anchors", "dial", "grid"])
+    parser.add_argument("part", choices=["all", "validate", "test", "anchors", "dial", "grid"])
     parser.add_argument("--methods", default=",".join(GRIDS), help=f"default: all ({', '.join(GRIDS)})")
     parser.add_argument("--seeds", default="0", help="training seeds (test)")
     parser.add_argument("--forget-samples", type=int, default=256)
@@ -252,7 +274,7 @@ def main(argv=None) -> int:
     if args.part != "anchors":  # the anchor comparison resolves the automatic anchors under each rule itself
         bench.sequence = resolved(bench, bench.sequence)
         floor_of = floors(bench)
-    info = {"machine": machine(), "command": "python benchmarks/tune.py " + " ".join(argv or sys.argv[1:])}
+    info = {"machine": machine(), "command": "python benchmarks/tune.py " + " ".join(argv)}
     tuned_path = results / "tuned.json"
     tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
     if args.part == "anchors":
