@@ -219,6 +219,38 @@ def cmd_rollback(args, settings: Settings) -> int:
     return 0 if result["verified"] is not False else 1
 
 
+def cmd_pull(args, settings: Settings) -> int:
+    from lethe.tasks.operations.pull_version import PullFailed, pull_version
+    from lethe.tasks.stores.replay_sets import DatasetStore
+
+    ws = Workspace.open(settings)
+    try:
+        result = pull_version(
+            _registry(settings),
+            DatasetStore(ws.dvc_root, ws.dvc_remote, settings.storage.s3_endpoint),
+            ws,
+            args.version,
+            settings.fingerprint,
+            settings.sampling,
+        )
+    except KeyError as missing:
+        print(f"error: {missing.args[0]}", file=sys.stderr)
+        return 2
+    except PullFailed as failed:
+        print(f"FAILED: {failed}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for s in result["replay_sets"]:
+        print(f"  version {s['version']} {s['set']:<6} {'pulled' if s['fetched'] else 'present'}  {s['path']}")
+    print(
+        f"version {result['version']} is in {ws.root}: its samples match the fingerprint recorded at registration "
+        f"({result['fingerprint'][:12]}…), {len(result['replay_sets'])} replay set(s) match their md5"
+    )
+    return 0
+
+
 def cmd_show(args, settings: Settings) -> int:
     from lethe.tasks.operations.lineage import lineage
 
@@ -358,6 +390,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="process pending requests now (the flow the nightly deployment runs)")
     run.add_argument("--limit", type=int, help="process at most N requests")
     run.set_defaults(func=cmd_run)
+    pull = sub.add_parser(
+        "pull", help="bring a version and its lineage's replay sets into this workspace from the remote stores"
+    )
+    pull.add_argument("version", nargs="?", help="default: production")
+    pull.add_argument("--json", action="store_true")
+    pull.set_defaults(func=cmd_pull)
     lin = sub.add_parser("lineage", help="registered versions, parents, metrics and aliases")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(func=cmd_lineage)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import Lethe, write_settings
+
 pytestmark = pytest.mark.slow
 
 
@@ -92,6 +94,38 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     assert run_cli("sample", "--concept", "trouser", "--n", "4", "--version", "1", "--out", str(c)) == 0
     raw = np.load(c)
     assert raw.shape == (4, 1, 16, 16) and raw.dtype == np.float32 and raw.min() >= -1 and raw.max() <= 1
+
+    # a second machine: an empty workspace that shares only the remote stores (registry, DVC remote) pulls
+    # production with its replay sets, checked against what was recorded, and samples the same bytes
+    machine_b = workspace.parent / "machine-b"
+    other = Lethe(
+        write_settings(
+            settings.override(
+                {
+                    "paths.workspace": str(machine_b),
+                    "storage.mlflow_uri": ws.mlflow_uri,
+                    "storage.dvc_remote": ws.dvc_remote,
+                }
+            ),
+            workspace.parent / "machine-b.yaml",
+        )
+    )
+    capsys.readouterr()
+    assert other("pull") == 0
+    assert "version 2 is in" in capsys.readouterr().out
+    for name in ("forget", "retain"):
+        assert (machine_b / tags[f"{name}_path"]).read_bytes() == ws.absolute(tags[f"{name}_path"]).read_bytes()
+    (machine_b / tags["forget_path"]).write_bytes(b"tampered")  # a damaged copy is fetched again, not trusted
+    assert other("pull", "2", "--json") == 0
+    pulled = json.loads(capsys.readouterr().out)
+    assert pulled["verified"] and [(s["set"], s["fetched"]) for s in pulled["replay_sets"]] == [
+        ("forget", True),
+        ("retain", False),
+    ]
+    assert (machine_b / tags["forget_path"]).read_bytes() == ws.absolute(tags["forget_path"]).read_bytes()
+    assert other("sample", "--concept", "trouser", "--n", "4", "--seed", "3", "--out", str(machine_b / "a.png")) == 0
+    assert (machine_b / "a.png").read_bytes() == a.read_bytes()
+    assert other("pull", "7") == 2 and "no version" in capsys.readouterr().err
 
     # the step and the batch published Prefect markdown artefacts
     from prefect.client.orchestration import get_client
