@@ -83,3 +83,66 @@ def s3_server():
         yield endpoint
     finally:
         server.stop()
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200; fail with the server's log when it dies or the time runs out."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def server_process(command: list[str], health: str, folder: Path, env: dict[str, str]):
+    """A server subprocess logging to FOLDER/server.log, ready when `health` (with {port}) answers; yields
+    its base URL http://127.0.0.1:PORT. Stopped (then killed) with the context."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [part.format(port=port) for part in command], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder
+        )
+    try:
+        wait_for(health.format(port=port), process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def mlflow_server(backend: str, artifacts: str, folder: Path, env: dict[str, str]):
+    """`mlflow server` (job execution off): a PostgreSQL backend store, artefacts proxied to `artifacts`."""
+    import sys
+
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = [mlflow, "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts]
+    command += ["--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    return server_process(command, "http://127.0.0.1:{port}/health", folder, env)
+
+
+def prefect_server(folder: Path, env: dict[str, str]):
+    """`prefect server start` on loopback, its database under `folder`."""
+    import sys
+
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    env = env | {"PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", "{port}", "--no-ui", "--analytics-off"]
+    return server_process(command, "http://127.0.0.1:{port}/api/health", folder, env)
