@@ -8,13 +8,13 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test bench install system-data data models lint check-models clean-workspace
+.PHONY: demo test bench install system-data system-servers data models lint check-models clean-workspace
 
 demo: models                      ## install, verify data and models, run the demo requests, print the lineage
 	$(BIN)/lethe demo
 	$(BIN)/lethe --params params.text-to-image.yaml demo
 
-test: lint check-models           ## the checks and the whole test suite (what CI runs)
+test: lint check-models system-servers  ## the checks and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 bench: models                     ## the continual benchmark (hours on a 2-core CPU), then BENCHMARKS.md's tables
@@ -33,6 +33,13 @@ system-data:                      ## Fashion-MNIST ships as a Debian package
 	  echo "installing the Debian package dataset-fashion-mnist"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+system-servers:                   ## PostgreSQL's server binaries, which the server-profile tests start on loopback
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  echo "installing the Debian package postgresql (server binaries for the tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; \
 	fi
 
 data: install system-data         ## copy the raw data into data/ and verify it against data.dvc; prepare tensors

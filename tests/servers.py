@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_BIN = Path("/usr/lib/postgresql")  # Debian: one VERSION/bin folder per installed server
 
 
 def free_port() -> int:
@@ -21,9 +21,10 @@ def free_port() -> int:
 
 
 def postgres_bin() -> Path | None:
-    """The folder of initdb/pg_ctl: the Debian path, or wherever PATH finds them."""
-    if (POSTGRES_BIN / "initdb").is_file():
-        return POSTGRES_BIN
+    """The folder of initdb/pg_ctl: Debian's (/usr/lib/postgresql/VERSION/bin, the newest), or PATH's."""
+    debian = sorted(POSTGRES_BIN.glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if debian:
+        return debian[-1].parent
     found = shutil.which("initdb")
     return Path(found).parent if found else None
 
