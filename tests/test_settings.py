@@ -136,3 +136,12 @@ def test_a_queue_url_with_a_password_is_refused_and_the_password_never_printed()
         settings.override({"storage.inbox": "bucket/inbox"})
     shared = settings.override({"storage.queue_url": "postgresql://lethe@db.internal:5432/lethe"})
     assert shared.storage.queue_url == "postgresql://lethe@db.internal:5432/lethe"
+
+
+def test_the_server_profile_changes_storage_only_and_holds_no_secret():
+    server, shipped = load_settings(ROOT / "params.server.yaml"), load_settings(PARAMS)
+    assert server.storage.queue_url.startswith("postgresql://") and server.storage.mlflow_uri.startswith("http")
+    assert server.storage.dvc_remote.startswith("s3://") and server.storage.inbox.startswith("s3://")
+    assert server.model_dump(exclude={"storage", "paths"}) == shipped.model_dump(exclude={"storage", "paths"})
+    text = (ROOT / "params.server.yaml").read_text().lower()
+    assert not any(word in text for word in ("password:", "secret_access", "aws_access_key_id:"))
