@@ -150,17 +150,23 @@ def compare_anchors(bench: Bench, settings, tuned: dict, results: Path, info: di
     return 0
 
 
+def trained_first(bench: Bench, settings, tuned: dict, method: str, name: str):
+    """(settings, concept, replay, result): `method`'s adapter, its tuned setting, on the sequence's first
+    request."""
+    if method not in tuned:
+        raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
+    s = settings.override(tuned[method]["config"])
+    concept, replay = bench.first_request(s)
+    return s, concept, replay, bench.train_first(concept, replay, s, name)
+
+
 def run_dial(bench: Bench, settings, tuned: dict, results: Path, info: dict, methods) -> int:
     """Each adapter variant trained once (its tuned setting, the validation sequence's first request), then
     evaluated at every intensity of DIAL: forget accuracy, the judge's probability of the concept, drawn as
     anchor and retention against the knob -> results/dial.json."""
     rows = []
     for method in methods:
-        if method not in tuned:
-            raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
-        s = settings.override(tuned[method]["config"])
-        concept, replay = bench.first_request(s)
-        result = bench.train_first(concept, replay, s, "dial")
+        s, concept, replay, result = trained_first(bench, settings, tuned, method, "dial")
         for intensity in DIAL:
             result.stack.set_intensity(result.name, intensity)
             columns = bench.eval.row(bench.base, result.stack, [concept], concept, {concept: replay.anchor})
@@ -197,11 +203,7 @@ def run_grid(benches: dict, settings, tuned: dict, results: Path, info: dict, me
     rows = []
     for sequence, bench in benches.items():
         for method in methods:
-            if method not in tuned:
-                raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
-            s = settings.override(tuned[method]["config"])
-            concept, replay = bench.first_request(s)
-            result = bench.train_first(concept, replay, s, "grid")
+            s, concept, replay, result = trained_first(bench, settings, tuned, method, "grid")
             trained = next(iter(result.stack.adapters[result.name].values())).config.steps
             for deployment, steps in (("deployed", s.adapter.sampling_steps), ("trained grid", None)):
                 deploy_on(result.stack, result.name, steps)
