@@ -108,6 +108,26 @@ def test_two_workers_share_one_queue_registry_and_bucket(
         out, err = pulled.communicate(timeout=600)
         assert pulled.returncode == 0, out + err
         assert "version 3 is in" in out and "4 replay set(s) match their md5" in out
+        samples = {}
+        for machine in ("a", "c"):  # machine C samples production exactly as machine A does
+            samples[machine] = tmp_path / f"machine-{machine}" / "trouser.npy"
+            sampled = worker(
+                params[machine],
+                worker_env,
+                "sample",
+                "--concept",
+                "trouser",
+                "--n",
+                "4",
+                "--seed",
+                "5",
+                "--out",
+                str(samples[machine]),
+            )
+            sample_out, sample_err = sampled.communicate(timeout=300)
+            assert sampled.returncode == 0, sample_out + sample_err
+            report += sample_out + sample_err
+        assert samples["a"].read_bytes() == samples["c"].read_bytes()
 
         # the secret is nowhere it could be read back
         report += out + err
