@@ -17,8 +17,8 @@ demo: models                      ## install, verify data and models, run the de
 test: lint check-models system-servers  ## the checks and the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-bench: models                     ## the continual benchmark (hours on a 2-core CPU), then BENCHMARKS.md's tables
-	$(BIN)/python benchmarks/continual.py
+bench: models                     ## the benchmark protocol (about 6 h on 2 CPU cores), then BENCHMARKS.md's tables
+	$(BIN)/python benchmarks/tune.py all
 	$(BIN)/python benchmarks/render_tables.py --markdown benchmarks/results/report.md
 
 install: $(VENV)/.installed
