@@ -124,3 +124,26 @@ def test_the_cli_reads_the_inbox_named_in_the_settings(s3, s3_endpoint, tiny_pip
     assert tiny_pipeline("request", "list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["concept"], r["anchor"], r["state"]) for r in listed] == [("sandal", "sneaker", "pending")]
+
+
+def test_a_second_reader_between_check_and_enqueue_cannot_misfile_the_object(s3, queue_location):
+    generator = tiny_generator()
+
+    class RacingQueue(RequestQueue):
+        """Another reader (a second machine) queues the object right after this reader found it unread."""
+
+        raced = False
+
+        def inbox_outcome(self, origin):
+            seen = super().inbox_outcome(origin)
+            if seen is None and not self.raced:
+                self.raced = True
+                RequestQueue(queue_location).add("trouser", known=generator.concepts, origin=origin)
+            return seen
+
+    queue = RacingQueue(queue_location)
+    put(s3, "in/001.json", {"concept": "trouser"})
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    assert queue.raced and report.queued == [] and report.rejected == [] and report.already == ["in/001.json"]
+    assert [r.concept for r in queue.list()] == ["trouser"]  # queued once, by the other reader
+    assert keys(s3, "in/") == ["in/processed/001.json"]  # filed as the queue recorded it, not as rejected
