@@ -292,15 +292,7 @@ def main(argv=None) -> int:
     out_path = results / ("tuning.json" if validate else "test.json")
     out = json.loads(out_path.read_text()) if out_path.is_file() else []
     for method in args.methods.split(","):
-        if method == RETRAIN and not validate:
-            for s in (int(x) for x in args.seeds.split(",")):
-                bench.settings = settings.override({"base.seed": s})
-                rows = bench.run_retrain(None)
-                out = [r for r in out if not (r["method"] == method and r["seed"] == s)]
-                out += [dict(r, config={}, floors=floor_of, **info) for r in rows]
-                write(out, out_path)
-            continue
-        if method not in GRIDS:
+        if method not in GRIDS and not (method == RETRAIN and not validate):
             raise SystemExit(f"unknown method {method!r}; known: {', '.join(GRIDS)}")
         trainer = TRAINER.get(method, method)
         if validate:
@@ -317,13 +309,18 @@ def main(argv=None) -> int:
             write(out, out_path)
             write(tuned, tuned_path)
         else:
-            if method not in tuned:
+            if method != RETRAIN and method not in tuned:
                 raise SystemExit(f"{method} has no tuned setting: run `python benchmarks/tune.py validate` first")
-            bench.settings = settings.override(tuned[method]["config"])
+            config = {} if method == RETRAIN else tuned[method]["config"]
             for s in (int(x) for x in args.seeds.split(",")):
-                rows = bench.run_method(trainer, s, name=method)
+                if method == RETRAIN:  # its seed is the base recipe's
+                    bench.settings = settings.override({"base.seed": s})
+                    rows = bench.run_retrain(None)
+                else:
+                    bench.settings = settings.override(config)
+                    rows = bench.run_method(trainer, s, name=method)
                 out = [r for r in out if not (r["method"] == method and r["seed"] == s)]
-                out += [dict(r, config=tuned[method]["config"], floors=floor_of, **info) for r in rows]
+                out += [dict(r, config=config, floors=floor_of, **info) for r in rows]
                 write(out, out_path)
     return 0
 

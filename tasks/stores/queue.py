@@ -73,6 +73,9 @@ def check_prompts(prompts, what: str) -> tuple[str, ...]:
     return prompts
 
 
+INBOX_OBJECT = "bucket = ? AND object_key = ? AND etag = ?"  # an inbox object's key: (bucket, key, ETag)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -125,9 +128,7 @@ class RequestQueue:
         with self._transaction() as db:
             if (
                 origin is not None
-                and db.execute(
-                    "SELECT 1 FROM inbox_objects WHERE bucket = ? AND object_key = ? AND etag = ?", origin
-                ).fetchone()
+                and db.execute(f"SELECT 1 FROM inbox_objects WHERE {INBOX_OBJECT}", origin).fetchone()
             ):
                 raise RequestRefused(f"inbox object {origin[1]} (ETag {origin[2]}) has been read already")
             if (
@@ -157,9 +158,7 @@ class RequestQueue:
         """What became of an inbox object already read: {"outcome", "request_id", "reason"}, or None."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT outcome, request_id, reason FROM inbox_objects WHERE bucket = ? AND object_key = ? "
-                "AND etag = ?",
-                origin,
+                f"SELECT outcome, request_id, reason FROM inbox_objects WHERE {INBOX_OBJECT}", origin
             ).fetchone()
         return {k: row[k] for k in row.keys()} if row else None
 
