@@ -10,6 +10,7 @@ the same replay images, noise, timesteps and teacher targets) and the same seede
   cross-attention on a text model) or `u` (every weight).
 - `fade-lora` (FADE/SPARE): LoRA (peft) on the conv layers with the highest forget-loss weight saliency
   |grad * weight|, ranked among the convs of Lethe's candidate blocks (`scope: candidates`) or all of them,
+  taken in that order while their LoRA fits in a parameter budget matched to Lethe's adapter per request,
   trained with the same forget (self-distillation onto the anchor) and retain losses; merged into the weights
   after the request, so the next request starts from the merged model.
 - `retrain`: the base recipe (`tasks.train_base`) run from scratch on the training data minus every forgotten
@@ -156,9 +157,34 @@ def weight_saliency(
     return scores
 
 
+def lora_size(conv: torch.nn.Conv2d, rank: int) -> int:
+    """Trainable parameters of a rank-`rank` LoRA on `conv`: A (rank x in*kh*kw) and B (out x rank)."""
+    kh, kw = conv.kernel_size
+    return rank * (conv.in_channels * kh * kw + conv.out_channels)
+
+
+def lora_modules(
+    unet: torch.nn.Module, scores: dict[str, float], rank: int, count: int | None, budget: int | None
+) -> list[str]:
+    """The convs to adapt, most salient first (conv_in and conv_out never): the top `count`, or every conv
+    whose LoRA still fits in what is left of `budget` parameters, so the budget is matched from below."""
+    ranked = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")]
+    if count is not None:
+        return ranked[:count]
+    convs, chosen, left = dict(unet.named_modules()), [], budget
+    for name in ranked:
+        size = lora_size(convs[name], rank)
+        if size <= left:
+            chosen.append(name)
+            left -= size
+    if not chosen:
+        raise ValueError(f"no salient conv's rank-{rank} LoRA fits in a budget of {budget} parameters")
+    return chosen
+
+
 def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, progress=None):
-    """fade-lora: LoRA on the `baselines.fade_lora.modules` most salient convs; returns (merged student,
-    trainable, s, modules)."""
+    """fade-lora: LoRA on the most salient convs (`lora_modules`: the top `modules`, or as many as `budget`
+    parameters hold); returns (merged student, trainable, s, modules)."""
     from peft import LoraConfig, get_peft_model  # benchmark-only dependency
 
     train, recipe = settings.train, settings.baselines.fade_lora
@@ -168,7 +194,7 @@ def train_lora(generator: Generator, pool: DistillTargets, settings: Settings, p
     start = time.time()
     within = list(settings.adapter.candidates) if recipe.scope == "candidates" else None
     scores = weight_saliency(generator, pool, recipe.saliency_rows, within)
-    modules = [n for n in sorted(scores, key=scores.get, reverse=True) if n not in ("conv_in", "conv_out")][:n_modules]
+    modules = lora_modules(generator.unet, scores, rank, n_modules, recipe.budget)
     student = copy.deepcopy(generator)
     peft_unet = get_peft_model(student.unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=modules))
     lora = [p for n, p in peft_unet.named_parameters() if p.requires_grad]

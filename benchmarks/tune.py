@@ -8,7 +8,7 @@ method's setting; the test sequence is then run once per method with that settin
     python benchmarks/tune.py anchors        # Lethe on validation under each anchor rule -> results/anchors.json
     python benchmarks/tune.py dial           # intensity dial of lethe, residual, lethe-t -> results/dial.json
     python benchmarks/tune.py grid           # ODE adapters on one step vs their trained grid -> results/grid.json
-    python benchmarks/tune.py test --methods retrain   # the base recipe in full without the test's concepts
+    python benchmarks/tune.py test --methods retrain --seeds 0,1,2  # the base recipe in full, without them
 
 The rule (declared before any run): among a method's configurations with no collapsed and no gate-rejected
 step on the validation sequence, and whose final forget accuracy on every concept forgotten so far is within
@@ -235,13 +235,13 @@ def run_grid(benches: dict, settings, tuned: dict, results: Path, info: dict, me
 
 def run_all(argv: list[str]) -> int:
     """The protocol from a fresh clone, in its declared order: validation of every method, the test sequence
-    once per method with 3 training seeds (retrain: one, the base recipe's seed), then the dial, the grid and
+    once per method with 3 training seeds (retrain's seed is the base recipe's), then the dial, the grid and
     the anchor comparison. `argv` holds the options common to every part (--params, --results, ...)."""
     test = ",".join(GRIDS)  # the ablations residual and lethe-t too: what the ODE adds is a test-sequence claim
     for part in (
         ["validate"],
         ["test", "--methods", test, "--seeds", "0,1,2"],  # ~1 h per method on 2 CPU cores
-        ["test", "--methods", RETRAIN],
+        ["test", "--methods", RETRAIN, "--seeds", "0,1,2"],  # the base recipe's seed
         ["dial"],
         ["grid"],
         ["anchors"],

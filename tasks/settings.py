@@ -311,9 +311,16 @@ class ESDSettings(Section):
 class LoraSettings(Section):
     lr: Positive
     rank: PositiveInt
-    modules: PositiveInt
+    modules: PositiveInt | None  # the top-n salient convs; None = as many as `budget` holds
+    budget: PositiveInt | None  # LoRA parameters per request: salient convs are taken while they fit
     saliency_rows: PositiveInt
     scope: Literal["candidates", "all"]  # convs inside adapter.candidates (Lethe's family), or every conv
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if (self.modules is None) == (self.budget is None):
+            raise ValueError("set exactly one of modules (a count of convs) and budget (a count of parameters)")
+        return self
 
 
 class RetrainSettings(Section):

@@ -1,9 +1,12 @@
 """Mechanics of the benchmark's baselines on a tiny generator (not their quality): what each one trains,
 that the teacher is left untouched, and that each loss is the one its source describes."""
 
+import pytest
 import torch
 
 from benchmarks.baselines import (
+    lora_modules,
+    lora_size,
     negative_guidance_targets,
     retrain_without,
     train_esd,
@@ -13,6 +16,7 @@ from benchmarks.baselines import (
 )
 from lethe.models.concepts import CONCEPTS
 from lethe.models.generator import build_unet
+from lethe.tasks.settings import SettingsError
 from lethe.tasks.steps.train_adapter import build_targets
 from tests.conftest import shipped_settings, small_settings, tiny_generator
 
@@ -70,7 +74,10 @@ def esd_names(generator) -> set[str]:
 
 def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_them():
     teacher, pool, params = pool_and_teacher(
-        baselines__fade_lora__rank=2, baselines__fade_lora__modules=3, baselines__fade_lora__lr=1e-2
+        baselines__fade_lora__rank=2,
+        baselines__fade_lora__modules=3,
+        baselines__fade_lora__budget=None,
+        baselines__fade_lora__lr=1e-2,
     )
     assert params.baselines.fade_lora.scope == "candidates"  # ranked within Lethe's candidate blocks
     candidates = list(params.adapter.candidates)
@@ -89,6 +96,31 @@ def test_fade_lora_trains_low_rank_updates_on_the_most_salient_convs_and_merges_
     assert changed(before, state(teacher)) == []
     assert set(state(student)) == set(before)  # merged: plain weights, no lora_A/lora_B left
     assert sorted(k.rsplit(".", 1)[0] for k in changed(before, state(student))) == sorted(modules)
+
+
+def test_fade_lora_budget_takes_salient_convs_in_order_while_their_lora_fits():
+    teacher, pool, params = pool_and_teacher()
+    convs = {n: m for n, m in teacher.unet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    eligible = [n for n in convs if n not in ("conv_in", "conv_out")]
+    big, small = (
+        max(eligible, key=lambda n: lora_size(convs[n], 2)),
+        min(eligible, key=lambda n: lora_size(convs[n], 2)),
+    )
+    assert lora_size(convs[big], 2) > lora_size(convs[small], 2)
+    others = [n for n in eligible if n not in (big, small)]
+    scores = {big: 3.0, small: 2.0, others[0]: 1.0, "conv_in": 9.0}  # conv_in is never a target
+    budget = lora_size(convs[small], 2) + lora_size(convs[others[0]], 2)
+    assert lora_modules(teacher.unet, scores, 2, None, budget) == [small, others[0]]  # the top one is too big
+    assert lora_modules(teacher.unet, scores, 2, None, budget - 1) == [small]
+    assert lora_modules(teacher.unet, scores, 2, 2, None) == [big, small]
+    with pytest.raises(ValueError, match="fits"):
+        lora_modules(teacher.unet, scores, 2, None, lora_size(convs[small], 2) - 1)
+    budgeted = params.override({"baselines.fade_lora.rank": 2, "baselines.fade_lora.budget": budget})
+    assert budgeted.baselines.fade_lora.modules is None  # params.yaml sizes fade-lora by budget
+    _, trainable, _, modules = train_lora(teacher, pool, budgeted)
+    assert trainable <= budget and trainable == sum(lora_size(convs[m], 2) for m in modules)
+    with pytest.raises(SettingsError, match="exactly one"):
+        params.override({"baselines.fade_lora.modules": 3})
 
 
 def test_retrain_never_sees_the_forgotten_concepts():
