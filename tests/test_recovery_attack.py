@@ -1,0 +1,52 @@
+"""The recovery attack's mechanics on a tiny generator: the vector stands in for exactly one class's embedding,
+gradients reach it and nothing else, the budget is what it says, and it is deterministic."""
+
+import pytest
+import torch
+
+from lethe.models.recovery_attack import embedding_in_place_of, recover_embedding, sample_with_embedding
+from lethe.models.sampler import concept_noise, ddim_sample
+from tests.conftest import tiny_generator
+
+
+def test_the_vector_replaces_one_class_embedding_and_leaves_the_others():
+    generator = tiny_generator()
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([10, 20, 30, 40])
+    table = generator.unet.class_embedding.weight
+    labels = torch.tensor([3, 7, 3, generator.null_label])
+    with embedding_in_place_of(generator, 3, table[5].clone()):
+        replaced, _ = generator.predict_noise(x, t, labels)
+    as_five, _ = generator.predict_noise(x, t, torch.tensor([5, 7, 5, generator.null_label]))
+    assert torch.allclose(replaced, as_five, atol=1e-6)
+    plain, _ = generator.predict_noise(x, t, labels)  # the hook is gone once the block closes
+    assert not torch.allclose(plain, as_five, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        with embedding_in_place_of(generator, 3, torch.zeros(3)):
+            pass
+
+
+def test_recovery_lowers_the_diffusion_loss_moves_only_the_vector_and_is_seeded():
+    generator = tiny_generator()
+    before = {k: v.clone() for k, v in generator.unet.state_dict().items()}
+    images = torch.rand(16, 1, 16, 16) * 2 - 1
+    vector, losses = recover_embedding(generator, None, images, steps=60, lr=0.05, batch_size=16, seed=0)
+    assert len(losses) == 60  # the budget: one Adam step per batch
+    assert sum(losses[-10:]) < sum(losses[:10])
+    start = generator.unet.class_embedding.weight[: generator.null_label].mean(0)
+    assert not torch.allclose(vector, start)
+    assert all(torch.equal(before[k], v) for k, v in generator.unet.state_dict().items())
+    assert not any(p.requires_grad for p in generator.unet.parameters())
+    again, _ = recover_embedding(generator, None, images, steps=60, lr=0.05, batch_size=16, seed=0)
+    assert torch.equal(vector, again)
+    with pytest.raises(ValueError, match="at least one image"):
+        recover_embedding(generator, None, images[:0], steps=1, lr=0.1, batch_size=4, seed=0)
+
+
+def test_sampling_with_a_class_row_draws_what_that_class_draws_from_the_same_noise():
+    generator = tiny_generator()
+    row = generator.unet.class_embedding.weight[2].clone()
+    drawn = sample_with_embedding(generator, None, row, n=3, seed=1, steps=3, guidance=2.0)
+    noise = concept_noise(generator.image_shape, 3, 1, generator.null_label - 1)
+    expected = ddim_sample(generator, torch.full((3,), 2), noise, 3, None, 2.0)
+    assert drawn.shape == (3, 1, 16, 16)
+    assert torch.allclose(drawn, expected, atol=1e-5)
