@@ -10,10 +10,14 @@ to the attack. Run on the base model, the same attack must succeed, otherwise it
 attacker of a real system would not know is special) and takes `steps` Adam steps of `batch_size` noised images
 each: that is the attack's budget. `sample_with_embedding` draws DDIM samples with the vector in place of the
 concept's embedding (the null class, for guidance, is left alone).
+
+`resurrect` is the other way back: a short fine-tune of every UNet weight, adapters attached and frozen, on
+retained images only. A concept that returns after it was never shown was only hidden.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -105,3 +109,36 @@ def sample_with_embedding(
             labels = torch.full((len(chunk),), label, device=device)
             out.append(ddim_sample(generator, labels, chunk, steps, adapters, guidance).cpu())
     return torch.cat(out)
+
+
+def resurrect(
+    generator: Generator,
+    adapters: AdapterStack | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> Generator:
+    """A copy of `generator` fine-tuned for `steps` Adam steps with the diffusion loss on `images` (retained
+    concepts only, with their `labels`) under the frozen adapter stack; the original is left untouched."""
+    if steps < 1 or batch_size < 1 or len(images) == 0 or len(images) != len(labels):
+        raise ValueError("resurrection needs steps >= 1, batch_size >= 1 and one label per image")
+    tuned = copy.deepcopy(generator)
+    tuned.unet.requires_grad_(True).train()
+    optimiser = torch.optim.Adam(tuned.unet.parameters(), lr=lr)
+    rng = torch.Generator().manual_seed(seed)
+    train_steps = tuned.scheduler.config.num_train_timesteps
+    device = tuned.unet.device
+    for _ in range(steps):
+        rows = torch.randint(len(images), (batch_size,), generator=rng)
+        x0, y = images[rows].to(device), labels[rows].to(device)
+        noise = torch.randn(x0.shape, generator=rng).to(device)
+        t = torch.randint(train_steps, (batch_size,), generator=rng).to(device)
+        eps, _ = tuned.predict_noise(tuned.scheduler.add_noise(x0, noise, t), t, y, adapters)
+        loss = F.mse_loss(eps, noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return tuned.eval().requires_grad_(False)

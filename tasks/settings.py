@@ -336,6 +336,19 @@ class BaselineSettings(Section):
     retrain: RetrainSettings
 
 
+class RecoverySettings(Section):
+    """The recovery audit's budget (`models.recovery_attack`): what an attacker may spend to bring a forgotten
+    concept back."""
+
+    images: PositiveInt  # real images of the concept the attacker holds (train split)
+    steps: PositiveInt  # Adam steps on the free class-embedding vector
+    lr: Positive
+    batch_size: PositiveInt
+    samples: PositiveInt  # samples drawn with the recovered vector and judged
+    resurrect_steps: PositiveInt  # fine-tune on retained images only
+    resurrect_lr: Positive
+
+
 class Settings(Section):
     paths: PathSettings
     generator: GeneratorSettings
@@ -356,6 +369,7 @@ class Settings(Section):
     fingerprint: FingerprintSettings
     schedule: ScheduleSettings
     demo: DemoSettings
+    recovery: RecoverySettings
     baselines: BaselineSettings
 
     def override(self, changes: Mapping[str, Any]) -> "Settings":

@@ -4,7 +4,7 @@ gradients reach it and nothing else, the budget is what it says, and it is deter
 import pytest
 import torch
 
-from lethe.models.recovery_attack import embedding_in_place_of, recover_embedding, sample_with_embedding
+from lethe.models.recovery_attack import embedding_in_place_of, recover_embedding, resurrect, sample_with_embedding
 from lethe.models.sampler import concept_noise, ddim_sample
 from tests.conftest import tiny_generator
 
@@ -50,3 +50,18 @@ def test_sampling_with_a_class_row_draws_what_that_class_draws_from_the_same_noi
     expected = ddim_sample(generator, torch.full((3,), 2), noise, 3, None, 2.0)
     assert drawn.shape == (3, 1, 16, 16)
     assert torch.allclose(drawn, expected, atol=1e-5)
+
+
+def test_resurrection_fine_tunes_a_copy_on_the_retained_rows_only():
+    generator = tiny_generator()
+    before = {k: v.clone() for k, v in generator.unet.state_dict().items()}
+    images, labels = torch.rand(8, 1, 16, 16) * 2 - 1, torch.tensor([0, 2] * 4)
+    tuned = resurrect(generator, None, images, labels, steps=3, lr=1e-3, batch_size=4, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in generator.unet.state_dict().items())
+    moved = [k for k, v in tuned.unet.state_dict().items() if not torch.equal(before[k], v)]
+    assert moved and not any(p.requires_grad for p in tuned.unet.parameters())
+    table = tuned.unet.class_embedding.weight
+    assert torch.equal(table[1], before["class_embedding.weight"][1])  # a class never shown is never updated
+    assert not torch.equal(table[0], before["class_embedding.weight"][0])
+    with pytest.raises(ValueError, match="one label per image"):
+        resurrect(generator, None, images, labels[:3], steps=1, lr=1e-3, batch_size=4, seed=0)
