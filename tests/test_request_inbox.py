@@ -100,7 +100,7 @@ def test_a_request_body_is_checked_field_by_field():
         (b"[1, 2]", "JSON object"),
         (b'{"anchor": "dress"}', "no concept"),
         (b'{"concept": 3}', "wrong type"),
-        (b'{"concept": "trouser", "note": "' + b"x" * 3000 + b'"}', "note longer"),
+        (b'{"concept": "trouser", "note": "' + b"x" * 3000 + b'"}', "3000 characters; at most 2000"),
         (b"\xff\xfe", "not JSON"),
         (b" " * (64 * 1024 + 1), "larger than"),
     ]:

@@ -28,6 +28,7 @@ STATES = (PENDING, RUNNING, DONE, FAILED, ROLLED_BACK)
 
 PROMPT_COLUMNS = ("prompts", "anchor_prompts")  # JSON lists
 MAX_PROMPTS, MAX_PROMPT_CHARS = 16, 200  # so a request's prompts fit an MLflow tag
+MAX_NOTE_CHARS = 2000  # a ticket reference or a sentence of why; it is copied into tags and certificates
 
 
 class RequestRefused(ValueError):
@@ -73,6 +74,17 @@ def check_prompts(prompts, what: str) -> tuple[str, ...]:
     return prompts
 
 
+def check_note(note) -> str:
+    """A request's note: text of at most MAX_NOTE_CHARS, no control characters but newline and tab."""
+    if not isinstance(note, str):
+        raise RequestRefused(f"the note must be text, got {type(note).__name__}")
+    if len(note) > MAX_NOTE_CHARS:
+        raise RequestRefused(f"the note has {len(note)} characters; at most {MAX_NOTE_CHARS}")
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in note):
+        raise RequestRefused(f"the note holds a control character: {note[:40]!r}")
+    return note
+
+
 INBOX_OBJECT = "bucket = ? AND object_key = ? AND etag = ?"  # an inbox object's key: (bucket, key, ETag)
 
 
@@ -112,7 +124,7 @@ class RequestQueue:
         `anchor_prompts` (text-to-image only: the caller knows the workspace's kind) replace the concept
         file's prompts of the concept and of the anchor for this request's unlearning. `origin` (bucket, key,
         ETag of an inbox object) is recorded in the same transaction, so an object enters the queue once."""
-        known, forgotten = list(known), set(forgotten)
+        known, forgotten, note = list(known), set(forgotten), check_note(note)
         prompts, anchor_prompts = check_prompts(prompts, "prompts"), check_prompts(anchor_prompts, "anchor prompts")
         if set(prompts) & set(anchor_prompts):
             raise RequestRefused("a prompt cannot be both one to unlearn and one to steer to")

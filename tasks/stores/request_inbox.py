@@ -16,12 +16,11 @@ import json
 from dataclasses import dataclass, field
 
 from lethe.tasks.operations.enqueue import enqueue
-from lethe.tasks.stores.queue import RequestQueue, RequestRefused
+from lethe.tasks.stores.queue import RequestQueue, RequestRefused, check_note
 from lethe.tasks.stores.s3 import split_s3_url
 
 MAX_OBJECT_BYTES = 64 * 1024
 FIELDS = {"concept": str, "anchor": (str, type(None)), "note": str, "prompts": list, "anchor_prompts": list}
-MAX_NOTE_CHARS = 2000
 
 
 @dataclass
@@ -49,8 +48,7 @@ def parse_request(body: bytes) -> dict:
     for name, kind in FIELDS.items():
         if name in data and not isinstance(data[name], kind):
             raise RequestRefused(f"field {name!r} has the wrong type ({type(data[name]).__name__})")
-    if len(data.get("note", "")) > MAX_NOTE_CHARS:
-        raise RequestRefused(f"note longer than {MAX_NOTE_CHARS} characters")
+    check_note(data.get("note", ""))
     return data
 
 
