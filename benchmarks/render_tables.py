@@ -179,8 +179,8 @@ def plot_metric(ax, groups: dict[str, dict[int, list[dict]]], key: str, title: s
             mean, lo, hi, _ = s
             xs.append(step)
             ys.append(mean * scale)
-            lows.append((mean - lo) * scale)
-            highs.append((hi - mean) * scale)
+            lows.append(max(0.0, mean - lo) * scale)  # equal seeds: the mean may round past them
+            highs.append(max(0.0, hi - mean) * scale)
         if not xs:
             continue
         if any(lows) or any(highs):
