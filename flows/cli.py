@@ -16,8 +16,12 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from lethe.flows.process import configure_process
+from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, SettingsError, load_settings
+from lethe.tasks.stores.integrity import IntegrityError
 from lethe.tasks.workspace import Workspace
+
+OUTAGE = 4  # the exit status when a service Lethe needs did not answer (2: refused input, 3: a batch is running)
 
 
 def _queue(settings: Settings):
@@ -135,15 +139,30 @@ def cmd_run(args, settings: Settings) -> int:
         print(f"not started: {busy}", file=sys.stderr)
         return 3
     for report in reports:
-        if "version" in report:
+        if report.get("interrupted"):
+            print(
+                f"request {report['request_id']} ({report['concept']}) is pending again, "
+                f"{'; '.join(report['reasons'])}; the next batch resumes it",
+                file=sys.stderr,
+            )
+        elif report.get("resumed"):
+            verdict = "promoted to production" if report["promoted"] else "FAILED: " + "; ".join(report["reasons"])
+            print(
+                f"request {report['request_id']}: resumed after an interruption: version {report['version']} "
+                f"was registered already, {verdict}"
+            )
+        elif "version" in report:
             print(step_summary_text(report))
         else:
             print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
+    interrupted = [r for r in reports if r.get("interrupted")]
+    finished = [r for r in reports if not r.get("interrupted")]
     print(
-        f"processed {len(reports)} request(s): "
-        f"{sum(r['promoted'] for r in reports)} promoted, {sum(not r['promoted'] for r in reports)} failed"
+        f"processed {len(finished)} request(s): "
+        f"{sum(r['promoted'] for r in finished)} promoted, {sum(not r['promoted'] for r in finished)} failed"
+        + ("; stopped by an outage" if interrupted else "")
     )
-    return 0
+    return OUTAGE if interrupted else 0
 
 
 def cmd_lineage(args, settings: Settings) -> int:
@@ -175,23 +194,29 @@ def cmd_sample(args, settings: Settings) -> int:
 
 def cmd_rollback(args, settings: Settings) -> int:
     from lethe.tasks.operations.rollback import RollbackRefused, move_production
+    from lethe.tasks.stores.batch_lock import BatchAlreadyRunning, batch_lock
 
     steps = args.steps if args.steps is not None else (None if args.to else 1)
+    ws = Workspace.open(settings)
     try:
-        result = move_production(
-            _registry(settings),
-            _queue(settings),
-            who=args.by or getpass.getuser(),
-            to=args.to,
-            steps=steps,
-            reason=args.reason or "",
-            requeue=args.requeue,
-            fingerprint=settings.fingerprint,
-            sampling=settings.sampling,
-        )
+        with batch_lock(ws.lock, ws.queue_location):  # a batch builds on production: never move it under one
+            result = move_production(
+                _registry(settings),
+                _queue(settings),
+                who=args.by or getpass.getuser(),
+                to=args.to,
+                steps=steps,
+                reason=args.reason or "",
+                requeue=args.requeue,
+                fingerprint=settings.fingerprint,
+                sampling=settings.sampling,
+            )
     except RollbackRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
+    except BatchAlreadyRunning as busy:
+        print(f"refused: a batch is running, and it builds on production: {busy}", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -328,6 +353,19 @@ def cmd_report(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_certificate(args, settings: Settings) -> int:
+    from lethe.tasks.operations.certificate import certificate, write_certificate
+
+    registry = _registry(settings)
+    facts = certificate(_queue(settings), registry, args.request_id, registry.workspace.mlflow_uri)
+    html, data = write_certificate(facts, registry, Path(args.out))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print(f"{html} (and {data.name} beside it)")
+    return 0
+
+
 def cmd_demo(args, settings: Settings) -> int:
     from lethe.tasks.stores.queue import RequestRefused
 
@@ -422,6 +460,11 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="an HTML/Markdown page with the lineage, its plot and sample grids")
     rep.add_argument("--out", default="lethe-report", help="folder to write (default ./lethe-report)")
     rep.set_defaults(func=cmd_report)
+    cert = sub.add_parser("certificate", help="an auditor's page (HTML + JSON) for a fulfilled deletion request")
+    cert.add_argument("request_id", type=int)
+    cert.add_argument("--out", default="lethe-certificates", help="folder to write (default ./lethe-certificates)")
+    cert.add_argument("--json", action="store_true", help="also print the certificate's JSON")
+    cert.set_defaults(func=cmd_certificate)
     smp = sub.add_parser("sample", help="generate images of a concept (or a prompt) from a registered version")
     asked = smp.add_mutually_exclusive_group(required=True)
     asked.add_argument("--concept", help="a concept of the version (through its prompts, for text-to-image)")
@@ -452,10 +495,18 @@ def main(argv: list[str] | None = None, environ: MutableMapping[str, str] = os.e
     configure_process(settings, environ)
     try:
         return args.func(args, settings)
-    except (KeyError, ValueError, FileNotFoundError) as error:
+    except (KeyError, ValueError, FileNotFoundError, IntegrityError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not is_outage(error):
+            raise
+        print(
+            f"unavailable: {outage_reason(error)}. Nothing was left half-done; run it again when the service is back",
+            file=sys.stderr,
+        )
+        return OUTAGE
 
 
 if __name__ == "__main__":

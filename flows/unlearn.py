@@ -19,8 +19,10 @@ from lethe.flows.progress import reporter
 from lethe.models.adapter_stack import AdapterStack
 from lethe.tasks.images import concept_grid
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
+from lethe.tasks.operations.consistency import check_agreement
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
+from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
@@ -126,13 +128,22 @@ def grid_file(
     return path
 
 
+BASE_KEY = "base"  # the base version's registration key
+
+
 def ensure_base(ctx: Context) -> str:
-    """Register the base generator as version 1 (the root of the lineage, production until a promotion)."""
-    if ctx.registry.versions():
-        production = ctx.registry.production()
-        if production is None:
-            raise RuntimeError(f"model {ctx.registry.model_name} has versions but no production alias")
+    """Register the base generator as version 1 (the root of the lineage, production until a promotion).
+    A batch killed between registering the base and promoting it left the base without the alias: it is
+    promoted now."""
+    production = ctx.registry.production()
+    if production is not None:
         return production.version
+    base = ctx.registry.by_key(BASE_KEY)
+    if base is not None:
+        promote_task(ctx.registry, str(base.version))
+        return str(base.version)
+    if ctx.registry.versions():
+        raise RuntimeError(f"model {ctx.registry.model_name} has versions but no production alias and no base")
     s = ctx.settings
     generator = open_generator(s.generator)
     check_judge_covers(ctx.judge, generator.concepts)
@@ -153,7 +164,7 @@ def ensure_base(ctx: Context) -> str:
         }
         version = register_version_task(
             ctx.registry,
-            key="base",
+            key=BASE_KEY,
             generator=generator,
             adapters=adapters,
             sampling=s.sampling.model_dump(),
@@ -178,10 +189,52 @@ def summary_metrics(scored: dict) -> dict:
     return out
 
 
+def registration_key(request: Request) -> str:
+    return f"request-{request.id}-attempt-{request.attempts}"
+
+
+def finish_registered(ctx: Context, request: Request, registered) -> dict:
+    """This attempt registered `registered` before its process died (the queue resumes an interrupted attempt
+    under the same number): finish it from the registry's record instead of training again. A version that
+    passed its gates is promoted, unless production has moved off its parent meanwhile."""
+    tags, version = registered.tags, str(registered.version)
+    production = ctx.registry.production()
+    reasons = [r for r in tags.get("gate_reasons", "").split("; ") if r] if tags.get("gate") != "passed" else []
+    if not reasons and str(production.version) not in (version, tags.get("parent_version")):
+        reasons = [
+            f"interrupted after registering version {version}; production moved meanwhile from its parent "
+            f"{tags.get('parent_version')} to {production.version}: re-queue the request"
+        ]
+    if reasons:
+        ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=tags.get("anchor"))
+    else:
+        promote_task(ctx.registry, version)
+        ctx.queue.complete(request.id, version, anchor=tags.get("anchor"))
+    get_run_logger().warning(
+        "request %s: resumed after an interruption; version %s was registered already (%s)",
+        request.id,
+        version,
+        "promoted" if not reasons else "; ".join(reasons),
+    )
+    return {
+        "request_id": request.id,
+        "concept": request.concept,
+        "anchor": tags.get("anchor"),
+        "version": version,
+        "parent_version": tags.get("parent_version"),
+        "promoted": not reasons,
+        "reasons": reasons,
+        "resumed": True,
+    }
+
+
 @flow(name="lethe-unlearn-request", log_prints=True)
 def unlearn_request(ctx: Context, request: Request) -> dict:
     """One deletion request; returns the step's summary. The request ends done (promoted) or failed."""
     s = ctx.settings
+    registered = ctx.registry.by_key(registration_key(request))
+    if registered is not None:
+        return finish_registered(ctx, request, registered)
     parent = ctx.registry.production()
     forgotten_before = forgotten_of(parent)
     if request.concept in forgotten_before:
@@ -283,7 +336,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         }
         version = register_version_task(
             ctx.registry,
-            key=f"request-{request.id}-attempt-{request.attempts}",
+            key=registration_key(request),
             generator=generator,
             adapters=trained.stack,
             sampling=s.sampling.model_dump(),
@@ -422,6 +475,7 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
     reports = []
     with batch_lock(ws.lock, ws.queue_location):
         ctx = Context.open(settings, ws)
+        check_agreement(ctx.queue, ctx.registry)
         recovered = ctx.queue.recover()
         if recovered:
             logger.warning("requests %s were interrupted by an earlier crash and are pending again", recovered)
@@ -434,7 +488,22 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
                 break
             try:
                 reports.append(unlearn_request(ctx, request))
-            except Exception as error:  # a bad step fails its request; the batch and production go on
+            except Exception as error:
+                if is_outage(error):  # not the request's fault: it waits, and the batch stops (order is kept)
+                    reason = outage_reason(error)
+                    logger.error("request %s stopped by an outage:\n%s", request.id, traceback.format_exc())
+                    ctx.queue.release(request.id, reason)
+                    reports.append(
+                        {
+                            "request_id": request.id,
+                            "concept": request.concept,
+                            "promoted": False,
+                            "reasons": [f"waiting: {reason}"],
+                            "interrupted": True,
+                        }
+                    )
+                    break
+                # a bad step fails its request; the batch and production go on
                 logger.error("request %s failed:\n%s", request.id, traceback.format_exc())
                 ctx.queue.fail(request.id, f"error: {type(error).__name__}: {error}")
                 reports.append(
@@ -447,7 +516,7 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
                 )
     summary = "\n".join(
         f"| {r['request_id']} | {r['concept']} | {r.get('version', '-')} | "
-        f"{'promoted' if r['promoted'] else 'failed: ' + '; '.join(r['reasons'])} |"
+        f"{'promoted' if r['promoted'] else ('' if r.get('interrupted') else 'failed: ') + '; '.join(r['reasons'])} |"
         for r in reports
     )
     create_markdown_artifact(

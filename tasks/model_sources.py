@@ -17,10 +17,23 @@ from lethe.tasks.concept_sets import load_concept_set
 from lethe.tasks.settings import GeneratorSettings
 
 CONCEPT_FILE = "concepts.yaml"  # a text-to-image folder's own concept file, when the settings name none
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # weights that run code when loaded
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Weights are read only from safetensors: a folder that also holds pickled weights is refused, so no
+    loader can fall back to one."""
+    found = sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if found:
+        raise ValueError(
+            f"{folder} holds pickled weights ({', '.join(found[:5])}); Lethe loads only safetensors: convert "
+            "them (diffusers' save_pretrained writes safetensors) and remove the pickles"
+        )
 
 
 def open_generator(source: GeneratorSettings):
     """The generator the settings point at, with its concepts (a text-to-image one bound to its file)."""
+    refuse_pickles(source.folder)
     generator = load_generator(source.folder, None if source.kind == "auto" else source.kind)
     if hasattr(generator, "with_concepts"):  # its concepts are prompt sets from a file
         concepts = source.concepts or source.folder / CONCEPT_FILE

@@ -105,10 +105,11 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 12
 
 
 @contextmanager
-def server_process(command: list[str], health: str, folder: Path, env: dict[str, str]):
+def server_process(command: list[str], health: str, folder: Path, env: dict[str, str], port: int | None = None):
     """A server subprocess logging to FOLDER/server.log, ready when `health` (with {port}) answers; yields
-    its base URL http://127.0.0.1:PORT. Stopped (then killed) with the context."""
-    port = free_port()
+    its base URL http://127.0.0.1:PORT (a free port, or `port` to bring a stopped server back where it was).
+    Stopped (then killed) with the context."""
+    port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "server.log"
     with open(log, "w") as out:
@@ -127,15 +128,16 @@ def server_process(command: list[str], health: str, folder: Path, env: dict[str,
             process.wait()
 
 
-def mlflow_server(backend: str, artifacts: str, folder: Path, env: dict[str, str]):
-    """`mlflow server` (job execution off): a PostgreSQL backend store, artefacts proxied to `artifacts`."""
+def mlflow_server(backend: str, artifacts: str, folder: Path, env: dict[str, str], port: int | None = None):
+    """`mlflow server` (job execution off): a backend store (PostgreSQL, or SQLite), artefacts proxied to
+    `artifacts`."""
     import sys
 
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     env = env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [mlflow, "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts]
     command += ["--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
-    return server_process(command, "http://127.0.0.1:{port}/health", folder, env)
+    return server_process(command, "http://127.0.0.1:{port}/health", folder, env, port)
 
 
 def prefect_server(folder: Path, env: dict[str, str]):

@@ -93,3 +93,13 @@ def test_feature_space_retention_stops_retained_rows_at_the_deepest_new_adapter(
 def test_unknown_retain_space_is_refused_when_the_settings_load():
     with pytest.raises(SettingsError, match="train.retain_space"):
         small_settings(train__retain_space="pixels")
+
+
+def test_a_diverged_loss_fails_the_training_instead_of_returning_an_adapter():
+    generator, settings = tiny_generator(), small_settings()
+    forget = torch.full((6, 1, 16, 16), float("nan"))  # a replay set that went bad upstream
+    retain, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.randint(2, 20, (12,))
+    with pytest.raises(FloatingPointError, match="training diverged at step 1 of"):
+        train_adapter(
+            generator, AdapterStack(), forget, retain, labels, "trouser", "dress", settings.adapter, settings.train, "r"
+        )

@@ -229,6 +229,9 @@ def train_on_pool(
         if weights.drift:
             losses["drift"] = sum((p - p0).pow(2).sum() for p, p0 in zip(trainable, initial))
         loss = sum(weight_of[k] * v for k, v in losses.items())
+        if not torch.isfinite(loss):  # a diverged adapter must fail its request, never reach the registry
+            terms = ", ".join(f"{k} {float(v.detach()):.3g}" for k, v in losses.items())
+            raise FloatingPointError(f"training diverged at step {step} of {train.steps}: loss terms {terms}")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -10,7 +10,8 @@ versioned schema are `queue_database.py`'s concern; this file is the state machi
 
 Requests are taken strictly in id order, one at a time, and every transition is one transaction, so a crash
 leaves a request either where it was or `running`; `recover()` puts interrupted requests back to pending
-before a new batch starts. Invalid requests are refused when they are added, with the reason.
+(to resume the same attempt) before a new batch starts. Invalid requests are refused when they are added,
+with the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lethe.tasks.stores.queue_database import QueueDatabase
+from lethe.tasks.stores.queue_database import LOCK_WAIT_SECONDS, QueueDatabase
 
 PENDING, RUNNING, DONE, FAILED, ROLLED_BACK = "pending", "running", "done", "failed", "rolled_back"
 STATES = (PENDING, RUNNING, DONE, FAILED, ROLLED_BACK)
@@ -95,8 +96,8 @@ def _now() -> str:
 class RequestQueue:
     """The queue at `location`: a SQLite file path (or sqlite:///PATH), or a postgresql:// URL."""
 
-    def __init__(self, location: str | Path):
-        self.database = QueueDatabase(location)
+    def __init__(self, location: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
+        self.database = QueueDatabase(location, lock_wait_seconds)
         self.path = getattr(self.database, "path", None)  # the SQLite file, when it is one
 
     def _transaction(self):
@@ -265,9 +266,29 @@ class RequestQueue:
             )
         return self._move(request_id, (FAILED, ROLLED_BACK), PENDING, started_at=None, finished_at=None)
 
+    def release(self, request_id: int, reason: str) -> Request:
+        """A running request whose step was stopped by an outage goes back to pending (the same attempt, to be
+        resumed), with the reason, so the next batch takes it first."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no request with id {request_id}")
+            if row["state"] != RUNNING:
+                raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
+            db.execute(
+                "UPDATE requests SET state = ?, started_at = NULL, attempts = attempts - 1, reasons = ? WHERE id = ?",
+                (PENDING, f"waiting: {reason}", request_id),
+            )
+        return self.get(request_id)
+
     def recover(self) -> list[int]:
-        """Put requests left `running` by a crashed batch back to pending; returns their ids."""
+        """Put requests left `running` by a crashed batch back to pending; returns their ids. The interrupted
+        attempt is not counted: the next claim resumes it under the same number, so it finds what that
+        attempt registered (a version, replay sets) instead of making a second one."""
         with self._transaction() as db:
             ids = [r["id"] for r in db.execute("SELECT id FROM requests WHERE state = ?", (RUNNING,))]
-            db.execute("UPDATE requests SET state = ?, started_at = NULL WHERE state = ?", (PENDING, RUNNING))
+            db.execute(
+                "UPDATE requests SET state = ?, started_at = NULL, attempts = attempts - 1 WHERE state = ?",
+                (PENDING, RUNNING),
+            )
         return ids

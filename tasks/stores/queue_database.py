@@ -22,7 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lethe.tasks.outages import ServiceUnavailable
+
 QUEUE_LOCK = 0x4C455448_51554555 & 0x7FFFFFFFFFFFFFFF  # "LETHQUEU": the advisory lock of queue transactions
+LOCK_WAIT_SECONDS = 30  # how long a SQLite queue transaction waits for another process's write to end
 
 
 class QueueLocationError(ValueError):
@@ -89,8 +92,9 @@ def _now() -> str:
 class QueueDatabase:
     """A queue location opened and migrated: `transaction()` yields a `Transaction`."""
 
-    def __init__(self, location: str | Path):
+    def __init__(self, location: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS):
         self.kind, self.target = parse_location(location)
+        self.lock_wait_seconds = lock_wait_seconds
         if self.kind == "sqlite":
             self.path = Path(self.target)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,14 +108,22 @@ class QueueDatabase:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         if self.kind == "sqlite":
-            db = sqlite3.connect(self.target, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.target, timeout=self.lock_wait_seconds, isolation_level=None)
             db.row_factory = sqlite3.Row
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")  # SQLite's busy handler retries with backoff meanwhile
+            except sqlite3.OperationalError as error:
+                db.close()
+                raise ServiceUnavailable(
+                    f"the queue {self.target} stayed locked for {self.lock_wait_seconds:g} s ({error}); another "
+                    "process holds a write transaction on it"
+                ) from error
+            try:
                 yield Transaction(db, "sqlite")
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite ends the transaction itself on some errors (a full disk)
+                    db.execute("ROLLBACK")
                 raise
             finally:
                 db.close()
@@ -119,7 +131,11 @@ class QueueDatabase:
         import psycopg
         from psycopg.rows import dict_row
 
-        with psycopg.connect(self.target, row_factory=dict_row, connect_timeout=10) as connection:
+        try:
+            connection = psycopg.connect(self.target, row_factory=dict_row, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise ServiceUnavailable(f"the queue database {self.location} cannot be reached: {error}") from error
+        with connection:
             with connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (QUEUE_LOCK,))
                 yield Transaction(connection, "postgresql")

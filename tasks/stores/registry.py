@@ -34,10 +34,20 @@ from lethe.models.adapter_stack import AdapterStack
 from lethe.models.generator import Generator
 from lethe.tasks.settings import RegistrySettings
 from lethe.tasks.stores import serving_model
+from lethe.tasks.stores.integrity import (
+    MANIFEST_TAG,
+    IntegrityError,
+    manifest,
+    manifest_digest,
+    manifest_text,
+    parse_manifest,
+    verify,
+)
 from lethe.tasks.workspace import Workspace
 
 PRODUCTION = "production"
 REGISTRATION_KEY = "registration_key"
+MANIFEST_FILE = "weights.sha256"  # the model folder's artifacts/weights.sha256: what MANIFEST_TAG hashes
 BATCH_LIMIT = 100  # params per MLflow log_batch call
 MODELS_CODE = Path(lethe.models.__file__).resolve().parent  # the lethe.models package, wherever it is installed
 # What loading a version needs, pinned (constraints.txt); nothing resolved by a bare name.
@@ -122,19 +132,47 @@ class Registry:
         return min(found, key=lambda v: int(v.version)) if found else None
 
     def pyfunc(self, version: str | int):
-        """The version as MLflow loads it (downloaded once into the workspace's model cache)."""
-        folder = self.workspace.model_cache / f"v{version}"
+        """The version as MLflow loads it (downloaded once into the workspace's model cache), its weights
+        checked against the sha256 registered with it first. A cached copy that fails the check is fetched
+        again from the registry's store; a fresh copy that fails it is refused (IntegrityError)."""
+        registered = self.version(version)
+        folder = self.workspace.model_cache / f"v{registered.version}"
+        if (folder / "MLmodel").is_file():
+            try:
+                self.verify(registered, folder)
+            except IntegrityError:
+                shutil.rmtree(folder)
         if not (folder / "MLmodel").is_file():
-            source = self.client.get_model_version_download_uri(self.model_name, str(self.version(version).version))
-            tmp = Path(tempfile.mkdtemp(dir=self.workspace.root, prefix=".download-"))
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(tmp), tracking_uri=self.workspace.mlflow_uri
-            )
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            Path(local).replace(folder)
-            shutil.rmtree(tmp, ignore_errors=True)
+            self._download(registered, folder)
+            self.verify(registered, folder)
         return mlflow.pyfunc.load_model(str(folder))
+
+    def _download(self, registered, folder: Path) -> None:
+        source = self.client.get_model_version_download_uri(self.model_name, str(registered.version))
+        tmp = Path(tempfile.mkdtemp(dir=self.workspace.root, prefix=".download-"))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(tmp), tracking_uri=self.workspace.mlflow_uri
+        )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(local).replace(folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def verify(registered, folder: Path) -> None:
+        """The model folder's generator and adapter files hash to the version's registered manifest digest."""
+        recorded = registered.tags.get(MANIFEST_TAG)
+        if not recorded:
+            raise IntegrityError(
+                f"version {registered.version} has no {MANIFEST_TAG} tag: it was not registered by this Lethe, "
+                "and its files cannot be checked"
+            )
+        listed = folder / "artifacts" / MANIFEST_FILE
+        try:
+            named = parse_manifest(listed.read_text())
+        except (OSError, IntegrityError):
+            named = None
+        verify(folder / "artifacts", recorded, named, f"version {registered.version}")
 
     def load(self, version: str | int) -> tuple[Generator, AdapterStack]:
         """Generator and adapter stack of a version, through MLflow's pyfunc loader."""
@@ -164,15 +202,24 @@ class Registry:
         existing = self.by_key(key)
         if existing is not None:
             return str(existing.version)
+        self._abandon_unfinished_runs(key)
         run_id = self._finished_run(key) or self._log_run(
             key, generator, adapters, sampling, run_name, settings, metrics, tags, files, datasets or {}
         )
-        version_tags = {k: str(v) for k, v in tags.items()} | {REGISTRATION_KEY: key}
+        digest = self.client.get_run(run_id).data.tags[MANIFEST_TAG]
+        version_tags = {k: str(v) for k, v in tags.items()} | {REGISTRATION_KEY: key, MANIFEST_TAG: digest}
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
         version = self.client.create_model_version(
             self.model_name, source, run_id=run_id, tags=version_tags, description=description
         )
         return str(version.version)
+
+    def _abandon_unfinished_runs(self, key: str) -> None:
+        """Runs of `key` left RUNNING by a killed process end FAILED (the batch lock says no one else logs)."""
+        for run in self.client.search_runs(
+            [self.experiment_id], f"tags.{REGISTRATION_KEY} = '{key}' and attributes.status = 'RUNNING'"
+        ):
+            self.client.set_terminated(run.info.run_id, "FAILED")
 
     def _finished_run(self, key: str) -> str | None:
         runs = self.client.search_runs(
@@ -211,6 +258,8 @@ class Registry:
                 tmp = Path(tmp)
                 generator.save(tmp / "generator")
                 adapters.save(tmp / "adapters")
+                files_sha256 = manifest(tmp)
+                (tmp / MANIFEST_FILE).write_text(manifest_text(files_sha256))
                 (tmp / "sampling.json").write_text(json.dumps(sampling))
                 mlflow.pyfunc.save_model(
                     path=str(tmp / "model"),
@@ -219,6 +268,7 @@ class Registry:
                         "generator": str(tmp / "generator"),
                         "adapters": str(tmp / "adapters"),
                         "sampling": str(tmp / "sampling.json"),
+                        "weights_manifest": str(tmp / MANIFEST_FILE),
                     },
                     code_paths=[str(models_code_path(tmp / "code"))],
                     signature=serving_model.SIGNATURES[generator.kind],
@@ -226,6 +276,7 @@ class Registry:
                     pip_requirements=PIP_REQUIREMENTS,
                 )
                 self.client.log_artifacts(run_id, str(tmp / "model"), "model")
+            self.client.set_tag(run_id, MANIFEST_TAG, manifest_digest(files_sha256))  # last: the run is complete
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
             raise

@@ -1,7 +1,8 @@
 """Replay sets versioned with DVC: one folder per request attempt, one .dvc file per set, pushed to a remote.
 
 The workspace's `datasets/` folder is a DVC repository without git (`dvc init --no-scm`): .dvc files are
-never overwritten (a retried request gets a new attempt folder), so every hash recorded in MLflow stays
+never overwritten once a version records them (a retried request gets a new attempt folder; an attempt
+resumed after a crash rewrites only sets that no version recorded), so every hash recorded in MLflow stays
 restorable with `dvc pull`, byte for byte, from the remote (a local folder by default, S3 by configuration).
 """
 
@@ -64,6 +65,11 @@ class DatasetStore:
 
     def save(self, request_id: int, attempt: int, name: str, tensors: dict[str, torch.Tensor]) -> DatasetRef:
         """Write a set atomically, `dvc add` it and push it to the remote."""
+        empty = [k for k, v in tensors.items() if v.numel() == 0]
+        if not tensors or empty:
+            raise ValueError(
+                f"request {request_id}: the {name} replay set is empty ({', '.join(empty) or 'no tensors'})"
+            )
         folder = self.folder(request_id, attempt)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.safetensors"
