@@ -27,6 +27,7 @@ from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
+from lethe.tasks.steps.recovery_audit import audit_recovery_task
 from lethe.tasks.steps.replay import replay_task
 from lethe.tasks.steps.train_adapter import train_adapter_task
 from lethe.tasks.stores.batch_lock import batch_lock
@@ -81,6 +82,13 @@ def evaluation_samples(ctx: Context, generator, adapters, what: str) -> dict:
             generator, adapters, s.eval, s.sampling, reporter(f"{what}, held-out paraphrases"), held_out=True
         )
     return out
+
+
+def attacker_images(ctx: Context, generator):
+    """The recovery attacker's real images (the prepared train split), for the models the attack applies to."""
+    if generator.kind != "class-conditional":
+        return None
+    return load_split("train", ctx.settings.paths.prepared)
 
 
 def cache_samples(ctx: Context, version: str, samples: dict) -> None:
@@ -275,6 +283,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     before = scored(ctx, parent_samples, generator.concepts, forgotten_after)
     samples = evaluation_samples(ctx, generator, trained.stack, f"request {request.id}: evaluate new version")
     after = scored(ctx, samples, generator.concepts, forgotten_after)
+    after["recovery"] = audit_recovery_task(
+        generator, trained.stack, ctx.judge, forgotten_after, attacker_images(ctx, generator), s.recovery, s.sampling
+    )
     images, labels = samples["main"]
     reasons = check_gates(after, before, s.gates)
     ws = ctx.workspace
@@ -309,6 +320,11 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     }
     if "held_out_accuracy" in after:
         tags["metric.held_out_forget_acc_max"] = f"{after['held_out_forget_acc_max']:.4f}"
+    if after["recovery"]:
+        tags.update({f"recovery.{c}": f"{a:.4f}" for c, a in after["recovery"].items()})
+        tags["recovery.budget"] = json.dumps(s.recovery.model_dump())
+    else:
+        tags["recovery"] = f"not audited: no recovery attack for {generator.kind} models yet"
     metrics = summary_metrics(after)
     metrics.update(
         {
@@ -321,6 +337,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     )
     if "held_out_accuracy" in before:
         metrics["before.held_out_acc"] = before["held_out_accuracy"][request.concept]
+    if after["recovery"]:
+        metrics["recovery_acc_max"] = max(after["recovery"].values())
+        metrics.update({f"recovery_acc.{c}": a for c, a in after["recovery"].items()})
     metrics = {k: v for k, v in metrics.items() if v == v}  # NaN (KID without real images) is not logged
     description = (
         f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
@@ -373,6 +392,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "earlier_forgotten_after": {c: after["accuracy"][c] for c in forgotten_before},
         "held_out_before": before.get("held_out_accuracy", {}).get(request.concept),
         "held_out_after": after.get("held_out_accuracy", {}).get(request.concept),
+        "recovery_after": after["recovery"],
         "train_seconds": trained.seconds,
         "trainable_params": trained.trainable_params,
     }
@@ -404,7 +424,9 @@ def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
             else ""
         )
         + f"| retained mean accuracy | {r['retain_acc_before']:.3f} | {r['retain_acc_after']:.3f} |\n"
-        f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n\n"
+        f"| KID (retained) | {r['kid_before']:.4f} | {r['kid_after']:.4f} |\n"
+        + "".join(f"| recovery attack ({c}) | - | {a:.3f} |\n" for c, a in r.get("recovery_after", {}).items())
+        + "\n"
         f"Per concept, after:\n\n| concept | role | judged accuracy |\n|---|---|---|\n{rows}\n\n"
         f"MLflow: {link}\n"
     )
@@ -425,6 +447,11 @@ def step_summary_text(r: dict) -> str:
         f"  retained concepts, mean accuracy: {r['retain_acc_before']:.3f} -> {r['retain_acc_after']:.3f}; "
         f"KID {r['kid_before']:.4f} -> {r['kid_after']:.4f}",
     ]
+    if r.get("recovery_after"):
+        lines.append(
+            "  recovery attack, judged as the concept: "
+            + ", ".join(f"{c} {a:.3f}" for c, a in r["recovery_after"].items())
+        )
     if r["earlier_forgotten_after"]:
         lines.append(
             "  earlier forgotten, accuracy now: "

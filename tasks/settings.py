@@ -236,6 +236,7 @@ class GateSettings(Section):
     held_out_forget_acc_max: Fraction  # the same, on held-out paraphrases (text-to-image concept files)
     retain_ratio_min: NonNegative
     kid_max_ratio: Positive
+    recovery_acc_max: Fraction  # the recovery attack's success on any forgotten concept (class-conditional)
 
 
 class RegistrySettings(Section):

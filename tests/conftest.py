@@ -79,6 +79,10 @@ SMALL = {
     "adapter.targets": ["mid_block"],
     "adapter.candidates": ["mid_block", "up_blocks.0", "up_blocks.1"],
     "adapter.k": 1,
+    "recovery.images": 8,
+    "recovery.steps": 2,
+    "recovery.batch_size": 4,
+    "recovery.samples": 4,
 }
 
 
@@ -94,17 +98,18 @@ def write_settings(settings: Settings, path: Path) -> Path:
 
 
 def tiny_pipeline_settings(root: Path, generator_dir: Path) -> Settings:
-    """Settings for the real pipeline on a tiny untrained generator: a tiny random judge, a fake prepared test
-    split (all under `root`), budgets of seconds and gates that always pass."""
+    """Settings for the real pipeline on a tiny untrained generator: a tiny random judge, fake prepared test and
+    train splits (all under `root`), budgets of seconds and gates that always pass."""
     torch.manual_seed(0)
     judge_dir = Judge(list(CONCEPTS), 16, 1, 8, 16).eval().save(root / "judge")
     prepared = root / "prepared"
     prepared.mkdir(exist_ok=True)
     labels = torch.arange(len(CONCEPTS)).repeat_interleave(6)
-    save_file(
-        {"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
-        prepared / "test.safetensors",
-    )
+    for split in ("test", "train"):  # train: the recovery attacker's images
+        save_file(
+            {"images": torch.randint(0, 256, (len(labels), 1, 16, 16), dtype=torch.uint8), "labels": labels},
+            prepared / f"{split}.safetensors",
+        )
     return small_settings(
         paths__base=str(generator_dir),
         generator__folder=str(generator_dir),
@@ -114,6 +119,7 @@ def tiny_pipeline_settings(root: Path, generator_dir: Path) -> Settings:
         gates__forget_acc_max=1.0,
         gates__retain_ratio_min=0.0,
         gates__kid_max_ratio=1e9,
+        gates__recovery_acc_max=1.0,
     )
 
 

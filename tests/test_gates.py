@@ -1,7 +1,9 @@
 from lethe.tasks.settings import GateSettings
 from lethe.tasks.steps.gates import check_gates
 
-GATES = GateSettings(forget_acc_max=0.1, held_out_forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1)
+GATES = GateSettings(
+    forget_acc_max=0.1, held_out_forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1, recovery_acc_max=0.2
+)
 
 
 def scored(forgotten, accuracy, retain, kid):
@@ -31,3 +33,12 @@ def test_held_out_paraphrases_of_a_forgotten_concept_are_gated_and_a_missing_kid
     assert reasons == ["held-out paraphrases of bag are still judged as it on 0.250 > 0.1"]
     after["held_out_accuracy"]["bag"] = 0.05
     assert check_gates(after, before, GATES) == []
+
+
+def test_a_concept_the_recovery_attack_brings_back_is_gated():
+    before = scored(["bag"], {"bag": 0.9}, 0.80, 100.0)
+    after = scored(["bag", "coat"], {"bag": 0.0, "coat": 0.0}, 0.80, 100.0)
+    after["recovery"] = {"bag": 0.35, "coat": 0.2}  # coat at the threshold passes
+    assert check_gates(after, before, GATES) == [
+        "the recovery attack brings bag back: its attacked samples are judged as it on 0.350 > 0.2"
+    ]

@@ -43,6 +43,10 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
         "1",
     )
     assert tags["forgotten"] == "trouser" and tags["gate"] == "passed"
+    # the recovery audit ran on the forgotten concept, with its budget recorded, and is in the step's summary
+    assert 0.0 <= float(tags["recovery.trouser"]) <= 1.0
+    assert json.loads(tags["recovery.budget"]) == settings.recovery.model_dump()
+    assert "recovery attack, judged as the concept: trouser" in out
     assert "production" in registry.production().aliases and str(registry.production().version) == "2"
 
     # the adapter hash in the registry is the hash of what loads back, under the request's name

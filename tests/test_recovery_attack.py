@@ -65,3 +65,26 @@ def test_resurrection_fine_tunes_a_copy_on_the_retained_rows_only():
     assert not torch.equal(table[0], before["class_embedding.weight"][0])
     with pytest.raises(ValueError, match="one label per image"):
         resurrect(generator, None, images, labels[:3], steps=1, lr=1e-3, batch_size=4, seed=0)
+
+
+def test_the_pipeline_audit_scores_each_forgotten_concept_with_the_judge_and_skips_other_kinds():
+    from lethe.models.concepts import CONCEPTS
+    from lethe.tasks.steps.recovery_audit import audit_recovery
+    from tests.conftest import small_settings
+
+    class SaysBag:  # a judge that names every image "bag"
+        concepts = list(CONCEPTS)
+
+        def classify(self, images):
+            return torch.full((len(images),), CONCEPTS.index("bag"))
+
+    settings = small_settings()
+    generator = tiny_generator()
+    labels = torch.arange(len(CONCEPTS)).repeat_interleave(3)
+    attacker = (torch.rand(len(labels), 1, 16, 16) * 2 - 1, labels)
+    found = audit_recovery(generator, None, SaysBag(), ["bag", "coat"], attacker, settings.recovery, settings.sampling)
+    assert found == {"bag": 1.0, "coat": 0.0}
+    assert audit_recovery(generator, None, SaysBag(), ["bag"], None, settings.recovery, settings.sampling) == {}
+    no_coats = (attacker[0][labels != CONCEPTS.index("coat")], labels[labels != CONCEPTS.index("coat")])
+    with pytest.raises(ValueError, match="no real images of coat"):
+        audit_recovery(generator, None, SaysBag(), ["coat"], no_coats, settings.recovery, settings.sampling)

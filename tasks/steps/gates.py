@@ -1,5 +1,6 @@
 """Quality gates: a new version may become production only if it forgets (its concepts' own prompts and, where
-the concept file has them, their held-out paraphrases), retains and still looks right."""
+the concept file has them, their held-out paraphrases), stays forgotten under the recovery attack, retains and
+still looks right."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def check_gates(after: dict, before: dict, gates: GateSettings) -> list[str]:
             reasons.append(
                 f"held-out paraphrases of {concept} are still judged as it on {acc:.3f} > "
                 f"{gates.held_out_forget_acc_max}"
+            )
+    for concept, acc in after.get("recovery", {}).items():
+        if acc > gates.recovery_acc_max:
+            reasons.append(
+                f"the recovery attack brings {concept} back: its attacked samples are judged as it on {acc:.3f} > "
+                f"{gates.recovery_acc_max}"
             )
     ratio = after["retain_acc_mean"] / max(before["retain_acc_mean"], 1e-9)
     if ratio < gates.retain_ratio_min:
