@@ -44,12 +44,17 @@ def test_a_certificate_states_the_request_its_version_evidence_and_hashes(
     assert facts["hashes"]["adapter_sha256"] == tags["adapter_sha256"]
     assert facts["hashes"]["model_files_sha256"] == tags["weights_sha256"]
     assert facts["hashes"]["forget_replay_set"]["md5"] == tags["forget_md5"]
+    attack = facts["recovery_attack"]
+    assert attack["audited"] and [r["concept"] for r in attack["rows"]] == ["trouser"]
+    assert attack["rows"][0]["accuracy"] == float(tags["recovery.trouser"])
+    assert attack["budget"] == run_cli.settings.recovery.model_dump() and attack["threshold"] == "1.0"
 
     page = (out / "request-1.html").read_text()
     assert "ticket 7 &lt;b&gt;by&lt;/b&gt; Ann" in page  # the note is text, never markup
     assert tags["adapter_sha256"] in page and tags["weights_sha256"] in page
     assert re.search(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', page)  # the grid travels inside
     assert "lethe sample --version 2 --concept trouser" in page
+    assert "attacked samples judged as it" in page
 
     # no certificate for a request that no promoted version fulfils
     assert run_cli("certificate", "2", "--out", str(out)) == 2

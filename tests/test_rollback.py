@@ -86,6 +86,7 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
     page = (tmp_path / "report" / "index.html").read_text()
     assert all(f"<h2>Version {v}" in page for v in "1234") and "rolled_back" in page
     assert page.count("<tr>") == 5 and "<table>" in page  # header + one row per version, rendered by markdown
+    assert "recovery attack (worst)" in page  # the audit's worst success per version, in the lineage table
     assert (tmp_path / "report" / "lineage.png").stat().st_size > 1000
     assert (tmp_path / "report" / "v3-samples.png").is_file() and not (tmp_path / "report" / "samples").exists()
 

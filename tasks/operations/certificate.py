@@ -43,6 +43,28 @@ def evidence_row(concept: str, role: str, accuracy: float, n: int, before: float
     }
 
 
+def recovery_attack(tags: dict, params: dict) -> dict:
+    """The recovery audit recorded with the version: per forgotten concept, the attacked samples' judged
+    accuracy with its interval, the budget and the gate's threshold; or why there is none."""
+    if "recovery.budget" not in tags:
+        return {"audited": False, "why": tags.get("recovery", "the version predates the recovery audit")}
+    budget = json.loads(tags["recovery.budget"])
+    rows = []
+    for key, value in sorted(tags.items()):
+        if key.startswith("recovery.") and key != "recovery.budget":
+            accuracy = float(value)
+            hits = round(accuracy * budget["samples"])
+            rows.append(
+                {
+                    "concept": key.removeprefix("recovery."),
+                    "accuracy": accuracy,
+                    "interval95": wilson(hits, budget["samples"]),
+                    "judged": f"{hits} of {budget['samples']}",
+                }
+            )
+    return {"audited": True, "rows": rows, "budget": budget, "threshold": params.get("gates.recovery_acc_max")}
+
+
 def certificate(queue: RequestQueue, registry: Registry, request_id: int, mlflow_location: str) -> dict:
     """The certificate's facts for `request_id`; refused unless a registered version fulfils the request."""
     request = queue.get(request_id)
@@ -80,7 +102,7 @@ def certificate(queue: RequestQueue, registry: Registry, request_id: int, mlflow
             }
         )
         current = v.tags.get("parent_version", "")
-    attack = {k: v for k, v in tags.items() if k.startswith("recovery.")}
+    attack = recovery_attack(tags, params)
     return {
         "certificate": "Lethe deletion certificate",
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -177,8 +199,15 @@ A forgotten concept should be near 0; a retained one near its accuracy before th
 {% if grid %}<p><img alt="samples of version {{ c.version.version }}: one labelled row per concept,
 {{ c.request.concept }} first" src="data:image/png;base64,{{ grid }}"></p>{% endif %}
 <h2>Recovery attack</h2>
-{% if c.recovery_attack %}<table>{% for k, v in c.recovery_attack.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>
-{% endfor %}</table>{% else %}<p class="warn">No recovery attack was recorded for this version.</p>{% endif %}
+{% if c.recovery_attack.audited %}<p>A white-box attacker optimised a free class embedding on
+{{ c.recovery_attack.budget.images }} real images of each forgotten concept ({{ c.recovery_attack.budget.steps }}
+Adam steps of {{ c.recovery_attack.budget.batch_size }}, lr {{ c.recovery_attack.budget.lr }}) and drew
+{{ c.recovery_attack.budget.samples }} samples with it. The share judged as the concept (gate: at most
+{{ c.recovery_attack.threshold }}):</p>
+<table><tr><th>concept</th><th>attacked samples judged as it</th><th>95% interval</th><th>judged</th></tr>
+{% for r in c.recovery_attack.rows %}<tr><td>{{ r.concept }}</td><td>{{ "%.3f" % r.accuracy }}</td>
+<td>{{ "%.3f" % r.interval95[0] }} – {{ "%.3f" % r.interval95[1] }}</td><td>{{ r.judged }}</td></tr>
+{% endfor %}</table>{% else %}<p class="warn">Not audited: {{ c.recovery_attack.why }}.</p>{% endif %}
 <h2>Hashes</h2>
 <table>
 <tr><th>model files (manifest sha256)</th><td><code>{{ c.hashes.model_files_sha256 }}</code></td></tr>

@@ -1,5 +1,6 @@
 """`lethe report`: a page a person would rather look at than read. A plot of forget/retain across the lineage,
-and Markdown + HTML with the lineage table and every version's labelled sample grid.
+and Markdown + HTML with the lineage table (with the recovery attack's worst success) and every version's
+labelled sample grid.
 
 The Markdown is the source; the HTML is rendered from it by the `markdown` library (tables extension) inside
 a Jinja template, so every value is escaped by the libraries, not by hand.
@@ -75,16 +76,18 @@ def lineage_markdown(rows: list[dict], grids: dict[str, str]) -> str:
         "",
         "![forget and retain per version](lineage.png)",
         "",
-        "| version | request | concept → anchor | parent | worst forget | retained | KID | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| version | request | concept → anchor | parent | worst forget | recovery attack (worst) | retained | KID "
+        "| status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = row["metrics"]
         forget = f"{m.get('forget_acc_max', 0):.3f}" if row["forgotten"] else "-"
+        attack = f"{m['recovery_acc_max']:.3f}" if "recovery_acc_max" in m else "-"
         step = (row["concept"] or "base") + (" → " + row["anchor"] if row["anchor"] else "")
         md.append(
             f"| {row['version']} | {row['request_id'] or '-'} | {step} | {row['parent_version'] or '-'} | "
-            f"{forget} | {m.get('retain_acc_mean', 0):.3f} | {m.get('kid', 0):.3f} | {row['status']} |"
+            f"{forget} | {attack} | {m.get('retain_acc_mean', 0):.3f} | {m.get('kid', 0):.3f} | {row['status']} |"
         )
     md.append("")
     for row in rows:
