@@ -903,6 +903,41 @@ def anchors_markdown(rows: list[dict], plots: Path) -> str:
     return "\n".join(["## Protocol: the automatic anchor's rule", "", table(header, body), ""])
 
 
+def interval_cell(measure: dict | None) -> str:
+    if not measure:
+        return DASH
+    return f"{pct(measure['acc'])} [{measure['low'] * 100:.1f}–{measure['high'] * 100:.1f}]"
+
+
+def recovery_markdown(rows: list[dict], plots: Path) -> str:
+    """recovery.json: every forgotten concept of the final model, plain, under the embedding attack, and after
+    the resurrection fine-tune, per method (the base first: the attack must succeed there)."""
+    body = [
+        [
+            r["method"],
+            f"{r['concept']} → {r['anchor']}" if r.get("anchor") else r["concept"],
+            interval_cell(r["plain"]),
+            interval_cell(r["attack"]),
+            interval_cell(r.get("resurrected")),
+            num(r["seconds"], ".0f"),
+        ]
+        for r in rows
+    ]
+    budget = rows[0]["budget"]
+    header = ["model", "concept", "plain samples", "embedding attack", "after resurrection", "audit s"]
+    return "\n".join(
+        [
+            "## Recovery attack (issue 13)",
+            "",
+            f"`{rows[0]['command'].strip()}`; budget {json.dumps(budget)}; judged accuracy with 95% Wilson intervals, "
+            f"{budget['samples']} samples each.",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -922,6 +957,7 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("dial.json", dial_markdown),
         ("grid.json", grid_markdown),
         ("anchors.json", anchors_markdown),
+        ("recovery.json", recovery_markdown),
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
     ):
