@@ -25,6 +25,7 @@ class Round:
     returncode: int
     seconds: float
     output: str = field(repr=False, default="")
+    requests_added: int = 0  # requests queued when the round ended (the kills' reach into the sequence)
 
 
 def run_lethe(params: Path, env: dict, point: str, args: list[str], delay: float | None, timeout: float) -> Round:
@@ -153,6 +154,7 @@ def kill_rounds(
         delay = rng.uniform(1.0, max_delay) if point == "random" else None
         result = run_lethe(params, env, "none" if point == "random" else point, ["run"], delay, timeout=900)
         result.point = point
+        result.requests_added = len(added)
         rounds.append(result)
         now = problems(settings, added, final=False)
         log(

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--max-delay", type=float, default=30.0, help="latest random kill, seconds after start")
+    parser.add_argument("--max-delay", type=float, default=12.0, help="latest random kill, seconds after start")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kill-run.json"))
     args = parser.parse_args(argv)
@@ -63,6 +63,17 @@ def main(argv=None) -> int:
         "kills": killed,
         "kills_by_point": dict(Counter(r.point for r in rounds if r.killed)),
         "rounds_finished_before_their_kill": sum(not r.killed for r in rounds),
+        "requests_reached_by_kills": max((r.requests_added for r in rounds if r.killed), default=0),
+        "round_log": [
+            {
+                "point": r.point,
+                "delay_s": r.delay,
+                "killed": r.killed,
+                "seconds": round(r.seconds, 1),
+                "requests_added": r.requests_added,
+            }
+            for r in rounds
+        ],
         "final_states": dict(Counter(final.values())),
         "versions": len(versions),
         "production": str(production.version) if production else None,
