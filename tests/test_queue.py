@@ -200,3 +200,21 @@ def test_a_bad_queue_location_is_refused_before_anything_is_opened(location, mes
     with pytest.raises(QueueLocationError, match=message) as caught:
         RequestQueue(location)
     assert "secret" not in str(caught.value)
+
+
+def test_an_outage_releases_the_running_request_to_wait_on_the_same_attempt(queue_location):
+    queue = RequestQueue(queue_location)
+    add(queue, "coat")
+    add(queue, "shirt")
+    queue.claim_next()
+    with pytest.raises(InvalidTransition, match="request 2 is pending, not running"):
+        queue.release(2, "x")
+    waiting = queue.release(1, "OSError: [Errno 28] No space left on device")
+    assert (waiting.state, waiting.attempts, waiting.reasons) == (
+        "pending",
+        0,
+        "waiting: OSError: [Errno 28] No space left on device",
+    )
+    again = queue.claim_next()
+    assert again.id == 1 and again.attempts == 1  # first in line again, on the attempt it was on
+    assert queue.complete(1, "2").reasons == ""

@@ -215,13 +215,17 @@ class RequestQueue:
             )
             return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (row["id"],)).fetchone())
 
+    @staticmethod
+    def _check_running(db, request_id: int) -> None:
+        row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no request with id {request_id}")
+        if row["state"] != RUNNING:
+            raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
+
     def _finish(self, request_id: int, state: str, version: str | None, reasons: str, anchor: str | None) -> Request:
         with self._transaction() as db:
-            row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no request with id {request_id}")
-            if row["state"] != RUNNING:
-                raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
+            self._check_running(db, request_id)
             db.execute(
                 "UPDATE requests SET state = ?, finished_at = ?, version = ?, reasons = ?, "
                 "anchor = COALESCE(?, anchor) WHERE id = ?",
@@ -270,11 +274,7 @@ class RequestQueue:
         """A running request whose step was stopped by an outage goes back to pending (the same attempt, to be
         resumed), with the reason, so the next batch takes it first."""
         with self._transaction() as db:
-            row = db.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no request with id {request_id}")
-            if row["state"] != RUNNING:
-                raise InvalidTransition(f"request {request_id} is {row['state']}, not running")
+            self._check_running(db, request_id)
             db.execute(
                 "UPDATE requests SET state = ?, started_at = NULL, attempts = attempts - 1, reasons = ? WHERE id = ?",
                 (PENDING, f"waiting: {reason}", request_id),
