@@ -2,6 +2,7 @@
 
     python benchmarks/recovery.py                       # lethe and dfr-ft on the five-request sequence
     python benchmarks/recovery.py --methods lethe --requests 2
+    python benchmarks/recovery.py --methods lethe --set train.adversarial.rounds=3 --label lethe-adv
 
 Per method, the sequence is run with the tuned setting (`results/tuned.json`, when there is one), then for every
 forgotten concept of the final model: the judge's accuracy on its plain samples, on samples drawn with a class
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from benchmarks.continual import DEFAULT_SEQUENCE, Bench, machine, write  # noqa: E402
 from benchmarks.measures import sequence_of, wilson  # noqa: E402
@@ -82,23 +84,31 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=None, help="run only the first N requests")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting on top of tuned")
+    parser.add_argument("--label", default=None, help="the method's name in the rows (default: the method)")
+    parser.add_argument("--no-base", action="store_true", help="skip the attack on the base")
+    parser.add_argument("--out", default="recovery.json", help="file name under --results")
+    parser.add_argument("--retain-samples", type=int, default=32, help="samples per concept for retention")
     args = parser.parse_args(argv)
+    extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     settings = load_settings(args.params)
     configure_torch(settings.runtime)
     sequence = sequence_of(args.sequence)[: args.requests]
-    bench = Bench(settings, sequence, 0, 0, EVAL_SEED, measure_base=False)
+    n = args.retain_samples  # retention of the final model, against the base's (the defence must not cost it)
+    bench = Bench(settings, sequence, n, n, EVAL_SEED, measure_base=True)
     train = load_split("train", settings.paths.prepared)
     tuned_path = Path(args.results) / "tuned.json"
     tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
     info = {"machine": machine(), "command": "python benchmarks/recovery.py " + " ".join(argv or sys.argv[1:])}
     budget = settings.recovery.model_dump()
     out = []
-    print("base", flush=True)
     forgotten = [c for c, _ in sequence]
-    for row in audit(bench, bench.base, None, forgotten, train, settings):
-        out.append({"method": "base", "anchor": None, **row, "budget": budget, **info})
+    if not args.no_base:
+        print("base", flush=True)
+        for row in audit(bench, bench.base, None, forgotten, train, settings):
+            out.append({"method": "base", "anchor": None, **row, "budget": budget, **info})
     for method in args.methods.split(","):
-        config = tuned.get(method, {}).get("config", {})
+        config = {**tuned.get(method, {}).get("config", {}), **extra}
         s = settings.override({**config, "train.seed": 0})
         generator, stack, done, anchors = bench.base, AdapterStack(), [], {}
         for step, (concept, anchor) in enumerate(sequence, start=1):
@@ -108,11 +118,22 @@ def main(argv=None) -> int:
             done.append(concept)
             anchors[concept] = anchor
             print(f"{method} step {step}: {concept} -> {anchor}", flush=True)
+        final = bench.eval.row(generator, stack if len(stack) else None, done, None)
+        kept = {k: final[k] for k in ("retain_acc", "unchanged", "kid_ratio")}
+        print(f"{method}: retained {kept}", flush=True)
         for row in audit(bench, generator, stack if len(stack) else None, done, train, s):
             out.append(
-                {"method": method, "config": config, "anchor": anchors[row["concept"]], **row, "budget": budget, **info}
+                {
+                    "method": args.label or method,
+                    "config": config,
+                    "anchor": anchors[row["concept"]],
+                    **row,
+                    "final_model": kept,
+                    "budget": budget,
+                    **info,
+                }
             )
-    write(out, Path(args.results) / "recovery.json")
+    write(out, Path(args.results) / args.out)
     return 0
 
 

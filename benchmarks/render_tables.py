@@ -909,9 +909,10 @@ def interval_cell(measure: dict | None) -> str:
     return f"{pct(measure['acc'])} [{measure['low'] * 100:.1f}–{measure['high'] * 100:.1f}]"
 
 
-def recovery_markdown(rows: list[dict], plots: Path) -> str:
-    """recovery.json: every forgotten concept of the final model, plain, under the embedding attack, and after
-    the resurrection fine-tune, per method (the base first: the attack must succeed there)."""
+def recovery_markdown(rows: list[dict], plots: Path, title: str = "Recovery attack (issue 13)") -> str:
+    """recovery*.json: every forgotten concept of the final model, plain, under the embedding attack, and after
+    the resurrection fine-tune, per method (the base first: the attack must succeed there), with the final
+    model's retained accuracy relative to the base where it was measured."""
     body = [
         [
             r["method"],
@@ -919,18 +920,21 @@ def recovery_markdown(rows: list[dict], plots: Path) -> str:
             interval_cell(r["plain"]),
             interval_cell(r["attack"]),
             interval_cell(r.get("resurrected")),
+            pct(r["final_model"]["retain_acc"]) if r.get("final_model") else DASH,
             num(r["seconds"], ".0f"),
         ]
         for r in rows
     ]
     budget = rows[0]["budget"]
-    header = ["model", "concept", "plain samples", "embedding attack", "after resurrection", "audit s"]
+    header = ["model", "concept", "plain samples", "embedding attack", "after resurrection", "retained", "audit s"]
+    commands = list(dict.fromkeys(r["command"].strip() for r in rows))
     return "\n".join(
         [
-            "## Recovery attack (issue 13)",
+            f"## {title}",
             "",
-            f"`{rows[0]['command'].strip()}`; budget {json.dumps(budget)}; judged accuracy with 95% Wilson intervals, "
-            f"{budget['samples']} samples each.",
+            "; ".join(f"`{c}`" for c in commands) + f"; budget {json.dumps(budget)}; judged accuracy with 95% "
+            f"Wilson intervals, {budget['samples']} samples each; retained: the final model's accuracy on every "
+            "retained concept relative to the base's.",
             "",
             table(header, body),
             "",
@@ -958,6 +962,8 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("grid.json", grid_markdown),
         ("anchors.json", anchors_markdown),
         ("recovery.json", recovery_markdown),
+        ("recovery-defence.json", partial(recovery_markdown, title="Recovery attack: adversarial training")),
+        ("recovery-text.json", partial(recovery_markdown, title="Recovery attack: text-to-image")),
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
     ):

@@ -27,7 +27,7 @@ from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
-from lethe.tasks.steps.recovery_audit import audit_recovery_task
+from lethe.tasks.steps.recovery_audit import ATTACKED, attacker_source, audit_recovery_task
 from lethe.tasks.steps.replay import replay_task
 from lethe.tasks.steps.train_adapter import train_adapter_task
 from lethe.tasks.stores.batch_lock import batch_lock
@@ -84,10 +84,9 @@ def evaluation_samples(ctx: Context, generator, adapters, what: str) -> dict:
     return out
 
 
-def attacker_images(ctx: Context, generator):
-    """The recovery attacker's real images (the prepared train split), for the models the attack applies to."""
-    if generator.kind != "class-conditional":
-        return None
+def attacker_images(ctx: Context) -> tuple:
+    """The recovery attacker's real images, the prepared train split, for either kind of model: the audit takes
+    a concept's own (by name) where they fit the model, and a text-to-image model's base samples otherwise."""
     return load_split("train", ctx.settings.paths.prepared)
 
 
@@ -283,8 +282,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     before = scored(ctx, parent_samples, generator.concepts, forgotten_after)
     samples = evaluation_samples(ctx, generator, trained.stack, f"request {request.id}: evaluate new version")
     after = scored(ctx, samples, generator.concepts, forgotten_after)
+    attacker = attacker_images(ctx)
     after["recovery"] = audit_recovery_task(
-        generator, trained.stack, ctx.judge, forgotten_after, attacker_images(ctx, generator), s.recovery, s.sampling
+        generator, trained.stack, ctx.judge, forgotten_after, attacker, s.recovery, s.sampling
     )
     images, labels = samples["main"]
     reasons = check_gates(after, before, s.gates)
@@ -323,8 +323,10 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     if after["recovery"]:
         tags.update({f"recovery.{c}": f"{a:.4f}" for c, a in after["recovery"].items()})
         tags["recovery.budget"] = json.dumps(s.recovery.model_dump())
+        tags["recovery_attack"] = ATTACKED[generator.kind]
+        tags["recovery_images"] = json.dumps({c: attacker_source(generator, c, attacker) for c in after["recovery"]})
     else:
-        tags["recovery"] = f"not audited: no recovery attack for {generator.kind} models yet"
+        tags["recovery"] = f"not audited: no recovery attack for {generator.kind} models"
     metrics = summary_metrics(after)
     metrics.update(
         {

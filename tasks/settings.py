@@ -201,6 +201,19 @@ class LossWeights(Section):
     smooth: NonNegative
     start: NonNegative
     drift: NonNegative
+    adversarial: NonNegative  # rows conditioned on attack vectors (`train.adversarial`)
+
+
+class AdversarialSettings(Section):
+    """Adversarial forget rows (`models.attacked_rows`): `rounds` recovery attacks on the student during
+    training (evenly spaced; 0 = none), each kept as rows whose target is the anchor. Class-conditional only."""
+
+    rounds: Annotated[int, Field(ge=0)]
+    attack_steps: PositiveInt  # Adam steps of each round's attack (the audit's own: recovery.steps)
+    attack_lr: Positive
+    attack_batch: PositiveInt
+    rows: PositiveInt  # adversarial rows per training batch, once a round has run
+    pool_rows: PositiveInt  # noised rows with the teacher's anchor targets, per vector found
 
 
 class TrainSettings(Section):
@@ -212,6 +225,7 @@ class TrainSettings(Section):
     lr: Positive
     seed: int
     weights: LossWeights
+    adversarial: AdversarialSettings
 
     @model_validator(mode="after")
     def _both_kinds_of_rows(self):
@@ -236,7 +250,7 @@ class GateSettings(Section):
     held_out_forget_acc_max: Fraction  # the same, on held-out paraphrases (text-to-image concept files)
     retain_ratio_min: NonNegative
     kid_max_ratio: Positive
-    recovery_acc_max: Fraction  # the recovery attack's success on any forgotten concept (class-conditional)
+    recovery_acc_max: Fraction  # the recovery attack's success on any forgotten concept
 
 
 class RegistrySettings(Section):
@@ -341,8 +355,8 @@ class RecoverySettings(Section):
     """The recovery audit's budget (`models.recovery_attack`): what an attacker may spend to bring a forgotten
     concept back."""
 
-    images: PositiveInt  # real images of the concept the attacker holds (train split)
-    steps: PositiveInt  # Adam steps on the free class-embedding vector
+    images: PositiveInt  # images of the concept the attacker holds (train split; see tasks/steps/recovery_audit.py)
+    steps: PositiveInt  # Adam steps on the free vector (a class embedding, or a token embedding: textual inversion)
     lr: Positive
     batch_size: PositiveInt
     samples: PositiveInt  # samples drawn with the recovered vector and judged

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from lethe.tasks.operations.lineage import status_of
 from lethe.tasks.settings import redacted
 from lethe.tasks.steps.intervals import wilson
+from lethe.tasks.steps.recovery_audit import ATTACKED, REAL
 from lethe.tasks.stores.integrity import MANIFEST_TAG
 from lethe.tasks.stores.queue import DONE, RequestQueue
 from lethe.tasks.stores.registry import PRODUCTION, Registry
@@ -49,20 +50,28 @@ def recovery_attack(tags: dict, params: dict) -> dict:
     if "recovery.budget" not in tags:
         return {"audited": False, "why": tags.get("recovery", "the version predates the recovery audit")}
     budget = json.loads(tags["recovery.budget"])
+    images = json.loads(tags.get("recovery_images", "{}"))  # absent before text-to-image audits: all real images
     rows = []
     for key, value in sorted(tags.items()):
         if key.startswith("recovery.") and key != "recovery.budget":
-            accuracy = float(value)
+            concept, accuracy = key.removeprefix("recovery."), float(value)
             hits = round(accuracy * budget["samples"])
             rows.append(
                 {
-                    "concept": key.removeprefix("recovery."),
+                    "concept": concept,
                     "accuracy": accuracy,
                     "interval95": wilson(hits, budget["samples"]),
                     "judged": f"{hits} of {budget['samples']}",
+                    "images": images.get(concept, REAL),
                 }
             )
-    return {"audited": True, "rows": rows, "budget": budget, "threshold": params.get("gates.recovery_acc_max")}
+    return {
+        "audited": True,
+        "vector": tags.get("recovery_attack", ATTACKED["class-conditional"]),
+        "rows": rows,
+        "budget": budget,
+        "threshold": params.get("gates.recovery_acc_max"),
+    }
 
 
 def certificate(queue: RequestQueue, registry: Registry, request_id: int, mlflow_location: str) -> dict:
@@ -199,14 +208,18 @@ A forgotten concept should be near 0; a retained one near its accuracy before th
 {% if grid %}<p><img alt="samples of version {{ c.version.version }}: one labelled row per concept,
 {{ c.request.concept }} first" src="data:image/png;base64,{{ grid }}"></p>{% endif %}
 <h2>Recovery attack</h2>
-{% if c.recovery_attack.audited %}<p>A white-box attacker optimised a free class embedding on
-{{ c.recovery_attack.budget.images }} real images of each forgotten concept ({{ c.recovery_attack.budget.steps }}
-Adam steps of {{ c.recovery_attack.budget.batch_size }}, lr {{ c.recovery_attack.budget.lr }}) and drew
-{{ c.recovery_attack.budget.samples }} samples with it. The share judged as the concept (gate: at most
-{{ c.recovery_attack.threshold }}):</p>
-<table><tr><th>concept</th><th>attacked samples judged as it</th><th>95% interval</th><th>judged</th></tr>
+{% if c.recovery_attack.audited %}<p>A white-box attacker optimised {% if c.recovery_attack.vector ==
+"token embedding" %}a free token embedding (textual inversion: one vector at a placeholder token, in a prompt
+holding nothing else){% else %}a free class embedding{% endif %} on up to {{ c.recovery_attack.budget.images }}
+images of each forgotten concept ({{ c.recovery_attack.budget.steps }} Adam steps of
+{{ c.recovery_attack.budget.batch_size }}, lr {{ c.recovery_attack.budget.lr }}; where the images came from is
+in the table) and drew {{ c.recovery_attack.budget.samples }} samples with it. The share judged as the concept
+(gate: at most {{ c.recovery_attack.threshold }}):</p>
+<table><tr><th>concept</th><th>attacked samples judged as it</th><th>95% interval</th><th>judged</th>
+<th>attacker's images</th></tr>
 {% for r in c.recovery_attack.rows %}<tr><td>{{ r.concept }}</td><td>{{ "%.3f" % r.accuracy }}</td>
-<td>{{ "%.3f" % r.interval95[0] }} – {{ "%.3f" % r.interval95[1] }}</td><td>{{ r.judged }}</td></tr>
+<td>{{ "%.3f" % r.interval95[0] }} – {{ "%.3f" % r.interval95[1] }}</td><td>{{ r.judged }}</td>
+<td>{{ r.images }}</td></tr>
 {% endfor %}</table>{% else %}<p class="warn">Not audited: {{ c.recovery_attack.why }}.</p>{% endif %}
 <h2>Hashes</h2>
 <table>

@@ -24,6 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lethe.models.adapter_stack import AdapterStack
+from lethe.models.attacked_rows import AttackedRows
 from lethe.models.distill_targets import DistillTargets, ReplayRows
 from lethe.models.generator import Generator
 from lethe.models.losses import feature_retention, noise_matching, trajectory_smoothness, trajectory_start
@@ -159,7 +160,18 @@ def train_on_rows(
     start = time.time()
     generator.requires_grad_(False)
     pool = build_pool(generator, teacher, rows, train, retain_targets=train.retain_space == "eps")
-    return train_on_pool(generator, teacher, pool, adapter, train, name, progress, start)
+    return train_on_pool(generator, teacher, pool, adapter, train, name, progress, start, rows)
+
+
+def attacked_rows(generator, teacher: AdapterStack, rows: ReplayRows | None, train: TrainSettings):
+    """The adversarial rows of `train.adversarial`, or None where they are off or do not apply (no replay
+    rows to attack with, or a text-to-image generator: its attack is on a token embedding, not a class row)."""
+    if not train.adversarial.rounds or rows is None or generator.kind != "class-conditional":
+        return None
+    anchor = rows.forget_teacher.unique()
+    if len(anchor) != 1:
+        raise ValueError("adversarial rows need one anchor for the whole forget set")
+    return AttackedRows(generator, teacher, rows.forget_x0, int(anchor[0]), train.adversarial.pool_rows)
 
 
 def train_on_pool(
@@ -171,11 +183,15 @@ def train_on_pool(
     name: str,
     progress=None,
     start: float | None = None,
+    rows: ReplayRows | None = None,
 ) -> TrainResult:
     """Train the adapter `name` on a built pool: any generator kind whose `predict_noise` takes the pool's
     conditioning (labels, or text features for a text-to-image generator). The split UNet (encoder cached,
-    retained rows stopped at the deepest new field) is used where the UNet allows it."""
+    retained rows stopped at the deepest new field) is used where the UNet allows it. With `rows` (the replay
+    the pool was built from) and `train.adversarial.rounds`, the student is also trained against the
+    recovery attack (`models.attacked_rows`)."""
     weights = train.weights
+    adv = train.adversarial
     start = time.time() if start is None else start
     torch.manual_seed(train.seed)
     rng = torch.Generator().manual_seed(train.seed)
@@ -203,8 +219,21 @@ def train_on_pool(
         "smooth": weights.smooth,
         "start": weights.start,
         "drift": weights.drift,
+        "adversarial": weights.adversarial,
     }
+    attacked = attacked_rows(generator, teacher, rows, train)
+    attack_at = (
+        {max(1, train.steps * r // (adv.rounds + 1)): r for r in range(1, adv.rounds + 1)}
+        if attacked is not None
+        else {}
+    )
     for step in range(1, train.steps + 1):
+        if step in attack_at:  # attack the student as it stands, at the intensity it will be deployed with
+            round_ = attack_at[step]
+            final = attacked.attack(
+                student, name, adapter.intensity, adv.attack_steps, adv.attack_lr, adv.attack_batch, train.seed + round_
+            )
+            history.append({"step": step, "attack_round": round_, "attack_loss": round(final, 5)})
         idx = pool.draw(n_forget, n_retain, rng)
         target = pool.teacher_eps[idx]
         if stop is not None:  # every row down to the deepest new field, then only forget rows onwards
@@ -226,6 +255,8 @@ def train_on_pool(
             "smooth": sum(trajectory_smoothness(paths[k], grids[k]) for k in keys),
             "start": sum(trajectory_start(paths[k], retain_rows) for k in keys),
         }
+        if attacked is not None and len(attacked):
+            losses["adversarial"] = attacked.loss(student, name, adapter.intensity, adv.rows, rng)
         if weights.drift:
             losses["drift"] = sum((p - p0).pow(2).sum() for p, p0 in zip(trainable, initial))
         loss = sum(weight_of[k] * v for k, v in losses.items())

@@ -3,16 +3,19 @@ fixture model, with a real `prefect server` on loopback); the result goes to
 benchmarks/results/kill-run.json, and BENCHMARKS.md quotes it.
 
 Rounds alternate a kill at a named point of a step (kill_at.POINTS, in turn) and a kill from outside after a
-random delay; a round whose batch finished before its kill counts as a round, not a kill. Rounds go on until
-`--kills` processes were killed. Then the remaining requests and one clean batch, and the final check: every
-invariant of harness.problems after every round and at the end; requests 1-19 done, request 20 failed (the
-20th of 20 concepts leaves nothing to retain or steer to: it must fail with its reason, not hang or pass).
+random delay; a round whose batch finished before its kill counts as a round, not a kill. After every
+`ceil(kills / (requests - 1))` rounds a clean round ("none") lets the current request finish, so the kills
+reach the whole sequence, not only its first requests. Rounds go on until `--kills` processes were killed.
+Then the remaining requests and one clean batch, and the final check: every invariant of harness.problems
+after every round and at the end; requests 1-19 done, request 20 failed (the 20th of 20 concepts leaves
+nothing to retain or steer to: it must fail with its reason, not hang or pass).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -62,8 +65,10 @@ def main(argv=None) -> int:
         "rounds": len(rounds),
         "kills": killed,
         "kills_by_point": dict(Counter(r.point for r in rounds if r.killed)),
-        "rounds_finished_before_their_kill": sum(not r.killed for r in rounds),
+        "rounds_finished_before_their_kill": sum(not r.killed for r in rounds if r.point != "none"),
+        "clean_rounds": sum(r.point == "none" for r in rounds),
         "requests_reached_by_kills": max((r.requests_added for r in rounds if r.killed), default=0),
+        "requests_killed_in": len({r.requests_added for r in rounds if r.killed}),
         "round_log": [
             {
                 "point": r.point,
@@ -88,16 +93,19 @@ def main(argv=None) -> int:
 
 
 def kill_rounds_until(settings, params, env, concepts, args):
-    """Rounds in slices of ten until `args.kills` processes were killed, then the rest and a clean batch. The
-    first round kills the base's registration; then named points and random delays in turn."""
+    """Rounds in slices (kill rounds, then one clean round that finishes the request they hit) until
+    `args.kills` processes were killed, then the rest and a clean batch. The first round kills the base's
+    registration; then named points and random delays in turn."""
+    per_request = max(1, math.ceil(args.kills / max(1, len(concepts) - 1)))
     named = [p for p in POINTS if p != "base-registered"]
     points = ["base-registered"] + [
         named[i // 2 % len(named)] if i % 2 == 0 else "random" for i in range(4 * args.kills)
     ]
     rounds, found, added, position = [], [], [], 0
     while sum(r.killed for r in rounds) < args.kills and position < len(points):
-        batch = points[position : position + 10]
+        batch = points[position : position + per_request]
         position += len(batch)
+        batch = batch + ["none"]
         more, problems = kill_rounds(
             settings, params, env, concepts, batch, args.seed + position, args.max_delay, added=added, finish=False
         )
