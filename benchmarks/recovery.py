@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from benchmarks.continual import DEFAULT_SEQUENCE, Bench, machine, write  # noqa: E402
+from benchmarks.continual import DEFAULT_SEQUENCE, Bench, machine, parse_overrides, write  # noqa: E402
 from benchmarks.measures import sequence_of, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.recovery_attack import recover_embedding, resurrect, sample_with_embedding  # noqa: E402
@@ -77,6 +76,20 @@ def audit(bench: Bench, generator, stack, forgotten: list[str], train, settings)
     return rows
 
 
+def run_sequence(bench, method: str, sequence, settings):
+    """Every request of `sequence` for `method` on `bench` (either kind's bench: its `train_step`); returns the
+    final (generator, stack or None when empty, forgotten concepts, {concept: anchor})."""
+    generator, stack, done, anchors = bench.base, AdapterStack(), [], {}
+    for step, (concept, anchor) in enumerate(sequence, start=1):
+        generator, stack, *_, anchor, _ = bench.train_step(
+            method, generator, stack, concept, anchor, done, settings, name=f"step-{step}"
+        )
+        done.append(concept)
+        anchors[concept] = anchor
+        print(f"{method} step {step}: {concept} -> {anchor}", flush=True)
+    return generator, stack if len(stack) else None, done, anchors
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="lethe,dfr-ft")
@@ -90,7 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="recovery.json", help="file name under --results")
     parser.add_argument("--retain-samples", type=int, default=32, help="samples per concept for retention")
     args = parser.parse_args(argv)
-    extra = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    extra = parse_overrides(args.set)
     settings = load_settings(args.params)
     configure_torch(settings.runtime)
     sequence = sequence_of(args.sequence)[: args.requests]
@@ -110,18 +123,11 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         config = {**tuned.get(method, {}).get("config", {}), **extra}
         s = settings.override({**config, "train.seed": 0})
-        generator, stack, done, anchors = bench.base, AdapterStack(), [], {}
-        for step, (concept, anchor) in enumerate(sequence, start=1):
-            generator, stack, *_, anchor, _ = bench.train_step(
-                method, generator, stack, concept, anchor, done, s, name=f"step-{step}"
-            )
-            done.append(concept)
-            anchors[concept] = anchor
-            print(f"{method} step {step}: {concept} -> {anchor}", flush=True)
-        final = bench.eval.row(generator, stack if len(stack) else None, done, None)
+        generator, stack, done, anchors = run_sequence(bench, method, sequence, s)
+        final = bench.eval.row(generator, stack, done, None)
         kept = {k: final[k] for k in ("retain_acc", "unchanged", "kid_ratio")}
         print(f"{method}: retained {kept}", flush=True)
-        for row in audit(bench, generator, stack if len(stack) else None, done, train, s):
+        for row in audit(bench, generator, stack, done, train, s):
             out.append(
                 {
                     "method": args.label or method,

@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.continual import machine, parse_overrides, write  # noqa: E402
 from benchmarks.continual_text import TEXT_SEQUENCE, TextBench  # noqa: E402
 from benchmarks.measures import sequence_of  # noqa: E402
-from benchmarks.recovery import EVAL_SEED, judged  # noqa: E402
-from lethe.models.adapter_stack import AdapterStack  # noqa: E402
+from benchmarks.recovery import EVAL_SEED, judged, run_sequence  # noqa: E402
 from lethe.models.recovery_attack import recover_token_embedding, sample_with_token_embedding  # noqa: E402
 from lethe.models.text_generator import is_text_to_image_folder  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
@@ -102,15 +101,8 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         config = {**tuned.get(method, {}).get("config", {}), **extra}
         s = settings.override({**config, "train.seed": 0})
-        generator, stack, done, anchors = bench.base, AdapterStack(), [], {}
-        for step, (concept, anchor) in enumerate(sequence, start=1):
-            generator, stack, *_, anchor, _ = bench.train_step(
-                method, generator, stack, concept, anchor, done, s, name=f"step-{step}"
-            )
-            done.append(concept)
-            anchors[concept] = anchor
-            print(f"{method} step {step}: {concept} -> {anchor}", flush=True)
-        for row in audit(bench, generator, stack if len(stack) else None, done, train, s):
+        generator, stack, done, anchors = run_sequence(bench, method, sequence, s)
+        for row in audit(bench, generator, stack, done, train, s):
             out.append(
                 {"method": method, "config": config, "anchor": anchors[row["concept"]], **row, "budget": budget, **info}
             )
