@@ -37,6 +37,13 @@ CONTINUAL_METRICS = [
     ("sample_seconds", "Sampling time (64 images)", "seconds", 1.0),
 ]
 
+LONG_METRICS = [
+    ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
+    ("retain_acc", "Retained accuracy", "% of base", 100.0),
+    ("sampling_ratio", "Sampling wall time / base's", "ratio", 1.0),
+    ("step_seconds", "Step cost (replay + training + consolidation)", "seconds", 1.0),
+]
+
 
 # ----------------------------------------------------------------------------------------------- loading
 
@@ -312,7 +319,27 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
     if test:
         plots.mkdir(parents=True, exist_ok=True)
         written += plot_continual(test, plots, "test")
+    long = load(results_dir, "long-sequence.json")
+    if long:
+        plots.mkdir(parents=True, exist_ok=True)
+        written.append(plot_long(long, plots))
     return written
+
+
+def plot_long(rows: list[dict], plots: Path) -> Path:
+    """The long sequence's four curves against the request number, one line per method."""
+    groups = by_method_step(rows)
+    fig, axes = _subplots(2, 2, figsize=(12, 8))
+    for ax, (key, title, ylabel, scale) in zip(axes.flat, LONG_METRICS):
+        plot_metric(ax, groups, key, title, ylabel, scale)
+        ax.set_xlabel("request")
+    axes.flat[2].axhline(1.15, color="grey", linestyle="--", linewidth=1)  # the issue's target
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = plots / "long_sequence.png"
+    fig.savefig(path, dpi=110)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------- markdown
@@ -942,6 +969,89 @@ def recovery_markdown(rows: list[dict], plots: Path, title: str = "Recovery atta
     )
 
 
+def long_markdown(rows: list[dict], plots: Path) -> str:
+    """long-sequence.json: per request and method, the model after the step and what the step cost."""
+    groups = by_method_step(rows)
+    out = ["## Long sequence (issue 14)", ""]
+    info = rows[-1]
+    out += [
+        f"`{info.get('command', 'python benchmarks/long_sequence.py')}` on {info.get('machine', '?')}; Lethe "
+        f"consolidates every {info.get('every')} requests. Forget = worst judged accuracy over every concept "
+        "forgotten so far; retained = relative to the base on the same seeds; sampling = wall time of a batch "
+        "against the base's, median of back-to-back pairs; FLOPs = one denoising pass against the base's; step = "
+        "replay + training (+ consolidation), evaluation excluded.",
+        "",
+    ]
+    floors = {r["concept"]: r["floor"] for r in load(plots.parent, "long-sequence-floors.json") or []}
+    header = ["method", "targets after the last request", "value", "met"]
+    body = []
+    for method, steps in groups.items():
+        last = steps[max(steps)][0]
+        first = steps[min(s for s in steps if s > 0)][0]
+        worst_ratio = max(r[0].get("sampling_ratio") or 0 for s, r in steps.items() if s > 0)
+        each = last.get("forget_acc_each") or {}
+        over = {c: a for c, a in each.items() if a > max(0.02, floors.get(c, 0.0))}
+        body += [
+            [
+                method,
+                f"retained ≥ 97% of the base's (request {max(steps)})",
+                pct(last.get("retain_acc")),
+                "yes" if (last.get("retain_acc") or 0) >= 0.97 else "**no**",
+            ],
+            [
+                "",
+                "every forgotten concept ≤ its anchor's confusion"
+                + (" (long-sequence-floors.json)" if floors else " (floors not measured: ≤ 2%)")
+                + " or ≤ 2%",
+                f"{len(each) - len(over)} of {len(each)}"
+                + (": over " + ", ".join(f"{c} {pct(a)}" for c, a in over.items()) if over else ""),
+                "yes" if not over else "**no**",
+            ],
+            [
+                "",
+                "sampling ≤ 1.15× the base's at every request",
+                f"{worst_ratio:.3f}×",
+                "yes" if worst_ratio <= 1.15 else "**no**",
+            ],
+            [
+                "",
+                "last request's step ≤ 1.2× the first's",
+                f"{last['step_seconds']:.0f} s / {first['step_seconds']:.0f} s",
+                "yes" if last["step_seconds"] <= 1.2 * first["step_seconds"] else "**no**",
+            ],
+        ]
+    out += [table(header, body), ""]
+    header = ["method", "request", "forget", "retained", "KID ×", "adapters", "sampling ×", "FLOPs ×", "step s", "note"]
+    body = []
+    for method, steps in groups.items():
+        for step, (row, *_) in steps.items():
+            if step == 0:
+                continue
+            note = ""
+            if "consolidated" in row:
+                note = (
+                    f"folded {len(row['folded'])} ({row['consolidate_seconds']:.0f} s)"
+                    if row["consolidated"]
+                    else "fold rejected: " + "; ".join(row["consolidate_reasons"])
+                )
+            body.append(
+                [
+                    method,
+                    f"{step}: {row['concept']} → {row['anchor']}",
+                    pct(row.get("forget_acc")),
+                    pct(row.get("retain_acc")),
+                    num(row.get("kid_ratio")),
+                    str(row.get("adapters", DASH)),
+                    num(row.get("sampling_ratio"), ".3f"),
+                    num(row.get("flops_ratio"), ".3f"),
+                    num(row.get("step_seconds"), ".0f"),
+                    note,
+                ]
+            )
+    out += [table(header, body), "", image_link(plots / "long_sequence.png", "Long sequence"), ""]
+    return "\n".join(out)
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -966,6 +1076,7 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("recovery-text.json", partial(recovery_markdown, title="Recovery attack: text-to-image")),
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
+        ("long-sequence.json", long_markdown),
     ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):
             continue  # the ten-request floors include the five-request ones

@@ -128,6 +128,7 @@ def cmd_request_retry(args, settings: Settings) -> int:
 
 
 def cmd_run(args, settings: Settings) -> int:
+    from lethe.flows.consolidate import consolidation_summary_text
     from lethe.flows.unlearn import process_queue, step_summary_text
     from lethe.tasks.stores.batch_lock import BatchAlreadyRunning
 
@@ -139,7 +140,9 @@ def cmd_run(args, settings: Settings) -> int:
         print(f"not started: {busy}", file=sys.stderr)
         return 3
     for report in reports:
-        if report.get("interrupted"):
+        if report.get("consolidation"):
+            print(consolidation_summary_text(report))
+        elif report.get("interrupted"):
             print(
                 f"request {report['request_id']} ({report['concept']}) is pending again, "
                 f"{'; '.join(report['reasons'])}; the next batch resumes it",
@@ -156,13 +159,29 @@ def cmd_run(args, settings: Settings) -> int:
         else:
             print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
     interrupted = [r for r in reports if r.get("interrupted")]
-    finished = [r for r in reports if not r.get("interrupted")]
+    finished = [r for r in reports if not r.get("interrupted") and not r.get("consolidation")]
     print(
         f"processed {len(finished)} request(s): "
         f"{sum(r['promoted'] for r in finished)} promoted, {sum(not r['promoted'] for r in finished)} failed"
         + ("; stopped by an outage" if interrupted else "")
     )
     return OUTAGE if interrupted else 0
+
+
+def cmd_consolidate(args, settings: Settings) -> int:
+    from lethe.flows.consolidate import NothingToConsolidate, consolidate_now, consolidation_summary_text
+    from lethe.tasks.stores.batch_lock import BatchAlreadyRunning
+
+    try:
+        report = consolidate_now(params_file=str(args.params_file), workspace=str(settings.paths.workspace))
+    except BatchAlreadyRunning as busy:
+        print(f"not started: {busy}", file=sys.stderr)
+        return 3
+    except NothingToConsolidate as nothing:
+        print(f"refused: {nothing}", file=sys.stderr)
+        return 2
+    print(consolidation_summary_text(report))
+    return 0 if report["promoted"] else 1
 
 
 def cmd_lineage(args, settings: Settings) -> int:
@@ -434,6 +453,11 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("version", nargs="?", help="default: production")
     pull.add_argument("--json", action="store_true")
     pull.set_defaults(func=cmd_pull)
+    con = sub.add_parser(
+        "consolidate",
+        help="fold production's adapters into one per site: a new version, gated like a step (settings: consolidate)",
+    )
+    con.set_defaults(func=cmd_consolidate)
     lin = sub.add_parser("lineage", help="registered versions, parents, metrics and aliases")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(func=cmd_lineage)

@@ -22,6 +22,7 @@ from lethe.tasks.model_sources import check_judge_covers, open_generator, open_j
 from lethe.tasks.operations.consistency import check_agreement
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
+from lethe.tasks.operations.rollback import chain
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
@@ -88,6 +89,35 @@ def attacker_images(ctx: Context) -> tuple:
     """The recovery attacker's real images, the prepared train split, for either kind of model: the audit takes
     a concept's own (by name) where they fit the model, and a text-to-image model's base samples otherwise."""
     return load_split("train", ctx.settings.paths.prepared)
+
+
+def audit_targets(ctx: Context, parent: str, concept: str, forgotten: list[str]) -> list[str]:
+    """The concepts a request's recovery audit attacks: every forgotten one, or (`recovery.concepts_per_step`)
+    the request's own and the earlier ones whose last audit in the lineage is oldest (never audited first),
+    so each step's audit costs the same however many concepts are forgotten, and every concept comes round."""
+    limit = ctx.settings.recovery.concepts_per_step
+    if limit is None or len(forgotten) <= limit:
+        return list(forgotten)
+    age: dict[str, int] = {}
+    for steps_ago, version in enumerate(chain(ctx.registry, parent)):
+        tags = ctx.registry.version(version).tags
+        age.update({c: steps_ago for c in forgotten if c not in age and f"recovery.{c}" in tags})
+    earlier = sorted((c for c in forgotten if c != concept), key=lambda c: -age.get(c, len(age) + 10**6))
+    chosen = {concept, *earlier[: limit - 1]}
+    return [c for c in forgotten if c in chosen]
+
+
+def recovery_tags(ctx: Context, generator, recovery: dict, attacker: tuple | None = None) -> dict:
+    """The recovery audit's tags of a version: success per concept, budget, attack and image source."""
+    if not recovery:
+        return {"recovery": f"not audited: no recovery attack for {generator.kind} models"}
+    attacker = attacker_images(ctx) if attacker is None else attacker
+    return {
+        **{f"recovery.{c}": f"{a:.4f}" for c, a in recovery.items()},
+        "recovery.budget": json.dumps(ctx.settings.recovery.model_dump()),
+        "recovery_attack": ATTACKED[generator.kind],
+        "recovery_images": json.dumps({c: attacker_source(generator, c, attacker) for c in recovery}),
+    }
 
 
 def cache_samples(ctx: Context, version: str, samples: dict) -> None:
@@ -283,8 +313,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     samples = evaluation_samples(ctx, generator, trained.stack, f"request {request.id}: evaluate new version")
     after = scored(ctx, samples, generator.concepts, forgotten_after)
     attacker = attacker_images(ctx)
+    audited = audit_targets(ctx, str(parent.version), request.concept, forgotten_after)
     after["recovery"] = audit_recovery_task(
-        generator, trained.stack, ctx.judge, forgotten_after, attacker, s.recovery, s.sampling
+        generator, trained.stack, ctx.judge, audited, attacker, s.recovery, s.sampling
     )
     images, labels = samples["main"]
     reasons = check_gates(after, before, s.gates)
@@ -320,13 +351,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     }
     if "held_out_accuracy" in after:
         tags["metric.held_out_forget_acc_max"] = f"{after['held_out_forget_acc_max']:.4f}"
-    if after["recovery"]:
-        tags.update({f"recovery.{c}": f"{a:.4f}" for c, a in after["recovery"].items()})
-        tags["recovery.budget"] = json.dumps(s.recovery.model_dump())
-        tags["recovery_attack"] = ATTACKED[generator.kind]
-        tags["recovery_images"] = json.dumps({c: attacker_source(generator, c, attacker) for c in after["recovery"]})
-    else:
-        tags["recovery"] = f"not audited: no recovery attack for {generator.kind} models"
+    tags.update(recovery_tags(ctx, generator, after["recovery"], attacker))
     metrics = summary_metrics(after)
     metrics.update(
         {
@@ -462,6 +487,35 @@ def step_summary_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def consolidate_when_due(ctx: Context, logger) -> dict | None:
+    """Inside a batch: consolidate production once `consolidate.every` requests sit unconsolidated on it. A
+    consolidation that fails leaves production as it was (no request waits on it); an outage stops the batch."""
+    from lethe.flows.consolidate import consolidate_production, consolidation_due
+
+    if not consolidation_due(ctx):
+        return None
+    parent = str(ctx.registry.production().version)
+    try:
+        return consolidate_production(ctx, f"automatic: {ctx.settings.consolidate.every} requests unconsolidated")
+    except Exception as error:
+        outage = is_outage(error)
+        logger.error(
+            "consolidation of version %s %s:\n%s",
+            parent,
+            "stopped by an outage; the next batch resumes it" if outage else "failed; production stays as it is",
+            traceback.format_exc(),
+        )
+        reason = f"waiting: {outage_reason(error)}" if outage else f"error: {type(error).__name__}: {error}"
+        return {
+            "consolidation": True,
+            "version": None,
+            "parent_version": parent,
+            "promoted": False,
+            "reasons": [reason],
+            "interrupted": outage,
+        }
+
+
 def batch_settings(params_file: str, workspace: str | None) -> Settings:
     """The batch's settings: the file, the process environment's LETHE_* overrides, then `workspace`."""
     settings = load_settings(params_file, os.environ)
@@ -511,10 +565,19 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
         if settings.storage.inbox:
             read_inbox(ctx, settings.storage, logger)
         ensure_base(ctx)
-        while limit is None or len(reports) < limit:
+        done = 0  # requests claimed; consolidations do not count against `limit`
+        while True:
+            consolidation = consolidate_when_due(ctx, logger)  # also one a killed batch left due or unfinished
+            if consolidation is not None:
+                reports.append(consolidation)
+                if consolidation.get("interrupted"):
+                    break
+            if limit is not None and done >= limit:
+                break
             request = ctx.queue.claim_next()
             if request is None:
                 break
+            done += 1
             try:
                 reports.append(unlearn_request(ctx, request))
             except Exception as error:
@@ -544,12 +607,12 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
                     }
                 )
     summary = "\n".join(
-        f"| {r['request_id']} | {r['concept']} | {r.get('version', '-')} | "
+        f"| {r.get('request_id', 'consolidation')} | {r.get('concept', '-')} | {r.get('version') or '-'} | "
         f"{'promoted' if r['promoted'] else ('' if r.get('interrupted') else 'failed: ') + '; '.join(r['reasons'])} |"
         for r in reports
     )
     create_markdown_artifact(
-        markdown=f"# Lethe batch\n\n{len(reports)} request(s)\n\n| request | concept | version "
+        markdown=f"# Lethe batch\n\n{done} request(s)\n\n| request | concept | version "
         f"| result |\n|---|---|---|---|\n{summary}\n",
         key="lethe-batch",
         description="Requests processed by this batch",

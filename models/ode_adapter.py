@@ -72,6 +72,17 @@ class VectorField(nn.Module):
         return self.outer(nn.functional.silu(self.inner(x)))
 
 
+def euler_path(field, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """torchdiffeq's fixed-grid Euler step for step, h_{k+1} = h_k + (t_{k+1} - t_k) f(t_k, h_k), without its
+    per-call set-up: the same bits as `odeint(..., method="euler")` (tests/test_ode_adapter.py). Used where no
+    gradient is recorded (sampling, evaluation), where an adapter runs once per denoising step and torchdiffeq's
+    set-up costs about half as much as the field itself."""
+    states = [h]
+    for t0, t1 in zip(times[:-1], times[1:]):
+        states.append(states[-1] + (t1 - t0) * field(t0, states[-1]))
+    return torch.stack(states)
+
+
 class ODEAdapter(nn.Module):
     """Integrates a feature map along its vector field; returns every state on the grid."""
 
@@ -99,7 +110,14 @@ class ODEAdapter(nn.Module):
         h = h.contiguous()  # torch 2.13 CPU: GroupNorm backward on a strided view can segfault
         if intensity == 0.0:
             return h.unsqueeze(0).expand(len(times), *h.shape)
+        if (solver or self.config.solver) == "euler" and not self._builds_graph(h):
+            return euler_path(self.field, h, times)
         return odeint(self.field, h, times, method=solver or self.config.solver)
+
+    def _builds_graph(self, h: torch.Tensor) -> bool:
+        """Whether autograd records this pass (training): torchdiffeq's own loop then, so gradients keep the
+        exact summation order they were trained and tuned with."""
+        return torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def forward(self, h: torch.Tensor, intensity: float = 1.0) -> torch.Tensor:
         """The end state on the deployment grid (`sampling_steps`, else the training grid)."""

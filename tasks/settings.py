@@ -237,6 +237,22 @@ class TrainSettings(Section):
         return self
 
 
+class ConsolidateSettings(Section):
+    """Folding the production stack into one adapter with one field per site (`models.consolidation`)."""
+
+    every: Annotated[int, Field(ge=0)]  # when this many requests sit unconsolidated (in a batch); 0 = on demand only
+    site: str | None  # one field at this whole decoder stage; None = one field per site the stack rewrites
+    replay_per_concept: PositiveInt  # the stack's own samples per concept, noised into the rows
+    rows: PositiveInt  # noised rows whose site features are recorded
+    hidden: PositiveInt  # the consolidated field's width (a request's field: adapter.hidden)
+    grid_steps: PositiveInt  # solver steps of the consolidated field, trained and deployed alike
+    steps: PositiveInt  # Adam steps of the fit
+    batch_size: PositiveInt
+    lr: Positive
+    smooth: NonNegative  # kinetic-energy weight on the path (grid_steps > 1 only)
+    seed: int
+
+
 class EvalSettings(Section):
     samples_per_concept: PositiveInt
     seed: int
@@ -360,6 +376,7 @@ class RecoverySettings(Section):
     lr: Positive
     batch_size: PositiveInt
     samples: PositiveInt  # samples drawn with the recovered vector and judged
+    concepts_per_step: PositiveInt | None  # a request's audit: its concept + the least recently audited; None = all
     resurrect_steps: PositiveInt  # fine-tune on retained images only
     resurrect_lr: Positive
 
@@ -375,6 +392,7 @@ class Settings(Section):
     adapter: AdapterSettings
     distill: DistillSettings
     train: TrainSettings
+    consolidate: ConsolidateSettings
     eval: EvalSettings
     gates: GateSettings
     registry: RegistrySettings
@@ -387,12 +405,41 @@ class Settings(Section):
     recovery: RecoverySettings
     baselines: BaselineSettings
 
+    @model_validator(mode="after")
+    def _consolidation_site_follows_the_adapters(self):
+        """A single consolidation site must come after every module an adapter may rewrite (by name: the
+        decoder runs mid_block, then up_blocks.0, 1, ...; models.consolidation checks the real order too)."""
+        site = self.consolidate.site
+        if site is None:
+            return self
+        modules = self.adapter.candidates if self.adapter.placement == "saliency" else self.adapter.targets
+        order = _decoder_order(site)
+        if order is None or site.count(".") > (site != "mid_block"):
+            raise ValueError(f"consolidate.site {site!r} must be a whole decoder stage (mid_block or up_blocks.<i>)")
+        late = [m for m in modules if _decoder_order(m) is None or _decoder_order(m) > order]
+        if late:
+            raise ValueError(
+                f"consolidate.site {site!r} does not follow every adapter module: {late} may be rewritten after it "
+                "or outside the decoder; pick a later up_blocks.<i>, or null for one field per site"
+            )
+        return self
+
     def override(self, changes: Mapping[str, Any]) -> "Settings":
         """A validated copy with `{"section.key": value}` replaced (unknown keys are refused, like the file's)."""
         data = self.model_dump(mode="json")
         for key, value in changes.items():
             _assign(data, key.split("."), value, key)
         return _validate(data, None, "overrides")
+
+
+def _decoder_order(module: str) -> int | None:
+    """A module's decoder stage as a number (mid_block -1, up_blocks.<i> i); None outside the stages."""
+    parts = module.split(".")
+    if parts[0] == "mid_block":
+        return -1
+    if parts[0] == "up_blocks" and len(parts) > 1 and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 def _assign(data: dict, path: list[str], value: Any, label: str) -> None:

@@ -83,6 +83,12 @@ SMALL = {
     "recovery.steps": 2,
     "recovery.batch_size": 4,
     "recovery.samples": 4,
+    "consolidate.every": 0,  # on demand only, unless a test turns it on
+    "consolidate.site": "up_blocks.1",  # the tiny UNet's last stage follows every candidate above
+    "consolidate.replay_per_concept": 2,
+    "consolidate.rows": 64,
+    "consolidate.steps": 20,
+    "consolidate.batch_size": 16,
 }
 
 

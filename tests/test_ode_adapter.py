@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lethe.models.ode_adapter import ODEAdapter, ODEConfig
+from lethe.models.ode_adapter import ODEAdapter, ODEConfig, euler_path
 from tests.conftest import ode_config
 
 
@@ -92,3 +92,27 @@ def test_a_time_dependent_field_starts_as_the_identity_and_reads_t(tmp_path):
     legacy = ode_config().to_dict()
     del legacy["time_dependent"]
     assert ODEConfig(**legacy).time_dependent is False
+
+
+@pytest.mark.parametrize("time_dependent", [False, True])
+@pytest.mark.parametrize("steps, intensity", [(1, 2.0), (4, 1.0), (4, 1.5)])
+def test_without_gradients_the_euler_path_is_torchdiffeqs_bit_for_bit(steps, intensity, time_dependent, monkeypatch):
+    from torchdiffeq import odeint
+
+    import lethe.models.ode_adapter as ode_adapter
+
+    torch.manual_seed(0)
+    adapter = ODEAdapter(16, ode_config(step_size=1.0 / steps, hidden=8, time_dependent=time_dependent))
+    torch.nn.init.normal_(adapter.field.outer.weight, std=0.3)
+    h = torch.randn(3, 16, 8, 8)
+    calls = []
+    monkeypatch.setattr(ode_adapter, "euler_path", lambda *a: calls.append(1) or euler_path(*a))
+    with torch.no_grad():
+        ours = adapter.trajectory(h, intensity)
+        theirs = odeint(adapter.field, h, adapter.grid(intensity), method="euler")
+    assert calls and ours.shape == theirs.shape == (steps + 1, 3, 16, 8, 8)
+    assert torch.equal(ours, theirs)
+    # training (a graph is recorded) keeps torchdiffeq's loop and its gradients exactly
+    calls.clear()
+    trained = adapter.trajectory(h.requires_grad_(), intensity)
+    assert not calls and torch.equal(trained, theirs) and trained.grad_fn is not None

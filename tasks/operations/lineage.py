@@ -28,6 +28,7 @@ def lineage(registry: Registry) -> list[dict]:
             {
                 "version": str(v.version),
                 "request_id": int(tags["request_id"]) if tags.get("request_id") else None,
+                "kind": tags.get("kind"),
                 "concept": tags.get("concept"),
                 "anchor": tags.get("anchor"),
                 "parent_version": tags.get("parent_version") or None,
@@ -44,6 +45,13 @@ def lineage(registry: Registry) -> list[dict]:
     return rows
 
 
+def label_of(row: dict) -> str:
+    """What a version without a concept is: the base or a consolidation (its tags say what it folded)."""
+    if row.get("kind") == "consolidation":
+        return "(consolidated)"
+    return "(base)"
+
+
 def format_lineage(rows: list[dict]) -> str:
     header = (
         f"{'version':>7}  {'request':>7}  {'concept':<10} {'anchor':<10} {'parent':>6}  "
@@ -54,7 +62,8 @@ def format_lineage(rows: list[dict]) -> str:
         m = r["metrics"]
         forget = f"{m.get('forget_acc_max', 0):>6.3f}" if r["forgotten"] else f"{'-':>6}"
         lines.append(
-            f"{r['version']:>7}  {r['request_id'] or '-':>7}  {r['concept'] or '(base)':<10} {r['anchor'] or '-':<10} "
+            f"{r['version']:>7}  {r['request_id'] or '-':>7}  {r['concept'] or label_of(r):<10} "
+            f"{r['anchor'] or '-':<10} "
             f"{r['parent_version'] or '-':>6}  {forget} {m.get('retain_acc_mean', 0):>6.3f} "
             f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}"
         )

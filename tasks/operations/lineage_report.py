@@ -16,6 +16,7 @@ from jinja2 import Environment, select_autoescape
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
+from lethe.tasks.operations.lineage import label_of
 from lethe.tasks.stores.registry import Registry
 
 STATUS_COLOURS = {
@@ -84,7 +85,7 @@ def lineage_markdown(rows: list[dict], grids: dict[str, str]) -> str:
         m = row["metrics"]
         forget = f"{m.get('forget_acc_max', 0):.3f}" if row["forgotten"] else "-"
         attack = f"{m['recovery_acc_max']:.3f}" if "recovery_acc_max" in m else "-"
-        step = (row["concept"] or "base") + (" → " + row["anchor"] if row["anchor"] else "")
+        step = (row["concept"] or label_of(row).strip("()")) + (" → " + row["anchor"] if row["anchor"] else "")
         md.append(
             f"| {row['version']} | {row['request_id'] or '-'} | {step} | {row['parent_version'] or '-'} | "
             f"{forget} | {attack} | {m.get('retain_acc_mean', 0):.3f} | {m.get('kid', 0):.3f} | {row['status']} |"

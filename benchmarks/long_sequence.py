@@ -1,0 +1,210 @@
+"""Long-sequence benchmark: as many requests in a row as the embedded world holds, at what cost.
+
+    python benchmarks/long_sequence.py                                   # lethe (consolidating) and dfr-ft
+    python benchmarks/long_sequence.py --methods lethe --every 0 --name lethe-plain   # no consolidation
+    python benchmarks/long_sequence.py --floors --forget-samples 256     # each request's anchor confusion
+
+Each step is one request, handled as `benchmarks/continual.py` handles it (the pipeline's replay and trainer; the
+same judge and fixed-seed evaluation), plus, for Lethe, the pipeline's consolidation: whenever `--every`
+requests sit unconsolidated, the stack is folded (`tasks.steps.consolidate`), the folded model is measured and
+kept only if it passes the pipeline's gates against the unconsolidated one, as in `lethe run`.
+
+Per step: forget accuracy of every concept forgotten so far, retained accuracy relative to the base, the step's
+cost (replay + training + consolidation seconds; the evaluation is not part of it) and the sampling cost of the
+model after the step against the base's: FLOPs of one denoising pass (deterministic) and wall time of
+`sampling.batch_size` samples, timed alternately with the base (median ratio of `--timing-repeats` pairs).
+Rows go to `results/long-sequence.json` after each step, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.continual import RESULTS, Bench, machine, parse_overrides, write  # noqa: E402
+from benchmarks.measures import peak_rss_mb, sequence_of  # noqa: E402
+from lethe.models.adapter_stack import AdapterStack  # noqa: E402
+from lethe.models.sampler import sample  # noqa: E402
+from lethe.tasks.runtime import configure_torch  # noqa: E402
+from lethe.tasks.settings import load_settings  # noqa: E402
+from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
+
+# 19 requests: every concept but one (the last anchor). The first ten are continual.py's ten-request sequence;
+# then the rest of each domain, the last digit anchored across domains on the one concept left.
+LONG_SEQUENCE = (
+    "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker,shirt:tshirt,digit_5:digit_6,"
+    "coat:pullover,digit_9:digit_4,ankle_boot:sneaker,dress:pullover,digit_1:digit_4,tshirt:pullover,"
+    "digit_8:digit_0,pullover:sneaker,digit_6:digit_0,digit_2:digit_0,digit_4:digit_0,digit_0:sneaker"
+)
+METHODS = ("lethe", "dfr-ft")
+
+
+def denoising_flops(generator, adapters) -> int:
+    """FLOPs of one denoising pass on a batch of 8 (the adapters' share is the same at any batch size)."""
+    x = torch.randn(8, *generator.image_shape)
+    t = torch.full((8,), 500)
+    y = torch.zeros(8, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        generator.predict_noise(x, t, y, adapters)
+    return counter.get_total_flops()
+
+
+def sampling_ratio(base, generator, adapters, steps: int, n: int, repeats: int) -> tuple[float, float]:
+    """(median of `repeats` wall-time ratios to the base, each pair timed back to back; the model's median
+    seconds for n samples)."""
+    ratios, seconds = [], []
+    sample(generator, ["tshirt"], 8, 0, steps, adapters)  # warm-up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sample(base, ["tshirt"], n, 0, steps, None, 1.0, n)
+        mid = time.perf_counter()
+        sample(generator, ["tshirt"], n, 0, steps, adapters, 1.0, n)
+        end = time.perf_counter()
+        ratios.append((end - mid) / (mid - start))
+        seconds.append(end - mid)
+    return round(statistics.median(ratios), 4), round(statistics.median(seconds), 3)
+
+
+def fold_reasons(folded: dict, unfolded: dict, forget_max: float) -> list[str]:
+    """The pipeline's gates on a fold against the unfolded model, as the pipeline meets them: there production
+    always passed its gates, here a request may have left a concept above `gates.forget_acc_max` (the benchmark
+    goes on where the pipeline would have rejected the request), so such a concept may stay where it was but
+    not rise further."""
+    reasons = [r for r in folded["gate_reasons"] if not r.startswith("forget accuracy of ")]
+    for concept, acc in folded["forget_acc_each"].items():
+        limit = max(forget_max, unfolded["forget_acc_each"][concept])
+        if acc > limit:
+            reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {limit:.3f}")
+    return reasons
+
+
+def unconsolidated(stack: AdapterStack) -> int:
+    return sum(not name.startswith("consolidated") for name in stack.names)
+
+
+def run(bench: Bench, method: str, every: int, name: str, args, save) -> list[dict]:
+    """Every request of the sequence for one method; Lethe consolidates every `every` requests (0: never)."""
+    settings = bench.settings
+    base_flops = denoising_flops(bench.base, None)
+    rows = [dict(bench.base_row(name, settings.train.seed), flops_ratio=1.0, sampling_ratio=1.0)]
+    generator, stack, forgotten, anchors, parent = copy.deepcopy(bench.base), AdapterStack(), [], {}, bench.eval.base
+    for step, (concept, anchor) in enumerate(bench.sequence, start=1):
+        started = time.time()
+        generator, stack, trainable, train_seconds, anchor, extra = bench.train_step(
+            method, generator, stack, concept, anchor, forgotten, settings, name=f"request-{step}"
+        )
+        step_seconds = time.time() - started
+        forgotten, anchors = forgotten + [concept], {**anchors, concept: anchor}
+        columns, measured = bench.eval.measured_row(generator, stack, forgotten, concept, anchors, parent)
+        folded = {}
+        if method == "lethe" and every and unconsolidated(stack) >= every:
+            start = time.time()
+            result = consolidate(
+                generator, stack, f"consolidated-{step}", settings.adapter, settings.consolidate, settings.sampling
+            )
+            seconds = time.time() - start
+            step_seconds += seconds
+            candidate = result.consolidated.stack
+            c_columns, c_measured = bench.eval.measured_row(generator, candidate, forgotten, concept, anchors, measured)
+            reasons = fold_reasons(c_columns, columns, settings.gates.forget_acc_max)
+            folded = {
+                "consolidated": not reasons,
+                "consolidate_seconds": round(seconds, 1),
+                "consolidate_reasons": reasons,
+                "folded": result.folded,
+                "unexplained": result.consolidated.unexplained,
+                "before_consolidation": {k: columns[k] for k in ("forget_acc", "retain_acc", "kid_ratio")},
+            }
+            if not reasons:  # as the pipeline: a consolidation that fails its gates is not kept
+                gate = {"rejected": columns["rejected"], "gate_reasons": columns["gate_reasons"]}  # the request's own
+                stack, columns, measured = candidate, {**c_columns, **gate}, c_measured
+        parent = measured
+        ratio, seconds = sampling_ratio(
+            bench.base, generator, stack, settings.sampling.steps, settings.sampling.batch_size, args.timing_repeats
+        )
+        row = {"method": name, "seed": settings.train.seed, "step": step, "concept": concept, "anchor": anchor}
+        row.update(columns)
+        row.update(
+            trainable_params=trainable,
+            base_params=bench.base_params,
+            adapters=len(stack),
+            step_seconds=round(step_seconds, 1),
+            train_seconds=train_seconds,
+            sample_seconds=seconds,
+            sampling_ratio=ratio,
+            flops_ratio=round(denoising_flops(generator, stack) / base_flops, 4),
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            **folded,
+            **{k: v for k, v in extra.items() if k != "history"},
+        )
+        rows.append(row)
+        print(
+            f"{name} step {step} {concept}->{anchor}: forget {row['forget_acc']:.3f} retain {row['retain_acc']} "
+            f"adapters {row['adapters']} sampling x{ratio:.3f} (flops x{row['flops_ratio']:.3f}) "
+            f"step {row['step_seconds']:.0f}s" + (f" consolidated={folded['consolidated']}" if folded else ""),
+            flush=True,
+        )
+        save(rows)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--sequence", default=LONG_SEQUENCE)
+    parser.add_argument("--every", type=int, help="Lethe's consolidation period (default: consolidate.every)")
+    parser.add_argument("--name", help="label of a single method's rows (a variant)")
+    parser.add_argument("--forget-samples", type=int, default=64)
+    parser.add_argument("--retain-samples", type=int, default=32)
+    parser.add_argument("--eval-seed", type=int, default=777)
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--out", default=str(RESULTS / "long-sequence.json"))
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="instead: each request's anchor confusion (the judge calling the anchor's base samples the concept) "
+        "-> results/long-sequence-floors.json",
+    )
+    args = parser.parse_args(argv)
+    settings = load_settings(args.params).override(parse_overrides(args.set))
+    configure_torch(settings.runtime)
+    every = settings.consolidate.every if args.every is None else args.every
+    methods = args.methods.split(",")
+    if args.name and len(methods) > 1:
+        parser.error("--name labels one method's rows")
+    info = {
+        "machine": machine(),
+        "command": "python benchmarks/long_sequence.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "every": every,
+    }
+    sequence = sequence_of(args.sequence)
+    if args.floors:
+        bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
+        write([dict(r, **info) for r in bench.run_floors()], RESULTS / "long-sequence-floors.json")
+        return 0
+    bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed)
+    out = Path(args.out)
+    kept = json.loads(out.read_text()) if out.is_file() else []
+    for method in methods:
+        name = args.name or method
+        others = [r for r in kept if r["method"] != name]
+        run(bench, method, every, name, args, lambda rows: write(others + [dict(r, **info) for r in rows], out))
+        kept = json.loads(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

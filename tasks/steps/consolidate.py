@@ -1,0 +1,101 @@
+"""Consolidate: the production stack, folded into one adapter of one field per site (`models.consolidation`).
+
+The rows are the stack's own samples of every concept (forgotten ones draw as their anchors), noised at random
+timesteps and conditioned on their own concept, so the fit sees the stack where it will be sampled. Either
+generator kind: class labels, or (text-to-image) each concept's training prompts in latent space.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.consolidation import Consolidated, fit_consolidated, record_sites
+from lethe.models.ode_adapter import ODEConfig
+from lethe.models.sampler import sample
+from lethe.tasks.settings import AdapterSettings, ConsolidateSettings, SamplingSettings
+
+
+@dataclass
+class ConsolidationResult:
+    consolidated: Consolidated
+    folded: list[str]  # the adapter names the new one replaces, in stack order
+    seconds: float
+
+
+@torch.no_grad()
+def replay_rows(generator, stack: AdapterStack, consolidate: ConsolidateSettings, sampling: SamplingSettings):
+    """(clean inputs, conditioning) of `replay_per_concept` samples of every concept, drawn with the stack."""
+    n, seed = consolidate.replay_per_concept, consolidate.seed
+    if generator.kind == "class-conditional":
+        images, labels = sample(
+            generator, generator.concepts, n, seed, sampling.steps, stack, sampling.guidance, sampling.batch_size
+        )
+        return images, labels
+    prompts = [p for c in generator.concepts for p in generator.prompts_of(c)]
+    k = max(1, -(-n * len(generator.concepts) // len(prompts)))  # about n per concept, spread over its prompts
+    latents = generator.sample(
+        prompts, k, seed, sampling.steps, sampling.guidance, stack, sampling.batch_size, latents=True
+    )
+    rows = [p for p in prompts for _ in range(k)]
+    text = torch.cat([generator.encode_prompts(rows[i : i + 256]) for i in range(0, len(rows), 256)])
+    return latents, text
+
+
+def consolidation_config(adapter: AdapterSettings, consolidate: ConsolidateSettings) -> ODEConfig:
+    """The consolidated field's ODE: the request adapters' solver on [0, 1], trained on the grid it runs on."""
+    return ODEConfig(adapter.solver, 1.0, 1.0 / consolidate.grid_steps, consolidate.hidden, None, False)
+
+
+def consolidate(
+    generator,
+    stack: AdapterStack,
+    name: str,
+    adapter: AdapterSettings,
+    consolidate: ConsolidateSettings,
+    sampling: SamplingSettings,
+    progress=None,
+) -> ConsolidationResult:
+    """Fold every enabled adapter of `stack` into the one adapter `name` (a new one-adapter stack)."""
+    start = time.time()
+    folded = [n for n, s in stack.slots.items() if s.enabled and s.intensity > 0]
+    if len(folded) < 2:
+        raise ValueError(
+            f"nothing to consolidate: the stack holds {len(folded)} active adapter(s) ({', '.join(folded) or 'none'}); "
+            "consolidation folds two or more"
+        )
+    generator.requires_grad_(False)
+    x0, cond = replay_rows(generator, stack, consolidate, sampling)
+    rng = torch.Generator().manual_seed(consolidate.seed)
+    idx = torch.randint(len(x0), (consolidate.rows,), generator=rng)
+    x0, cond = x0[idx], cond[idx]
+    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
+    xt = generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
+    features = record_sites(
+        generator.unet,
+        stack,
+        lambda rows: generator.predict_noise(xt[rows], t[rows], cond[rows], None),
+        len(xt),
+        sampling.batch_size,
+        consolidate.site,
+    )
+    fitted = fit_consolidated(
+        features,
+        consolidation_config(adapter, consolidate),
+        name,
+        consolidate.steps,
+        consolidate.batch_size,
+        consolidate.lr,
+        consolidate.smooth,
+        consolidate.seed,
+        progress,
+    )
+    return ConsolidationResult(fitted, folded, round(time.time() - start, 1))
+
+
+consolidate_task = task(consolidate, name="consolidate-adapters", cache_policy=NO_CACHE)
