@@ -75,8 +75,8 @@ class VectorField(nn.Module):
 def euler_path(field, h: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """torchdiffeq's fixed-grid Euler step for step, h_{k+1} = h_k + (t_{k+1} - t_k) f(t_k, h_k), without its
     per-call set-up: the same bits as `odeint(..., method="euler")` (tests/test_ode_adapter.py). Used where no
-    gradient is recorded (sampling, evaluation), where an adapter runs once per denoising step and torchdiffeq's
-    set-up costs about half as much as the field itself."""
+    gradient is recorded (sampling, evaluation), where an adapter runs once per denoising step on a small map and
+    torchdiffeq's set-up is a large share of the call."""
     states = [h]
     for t0, t1 in zip(times[:-1], times[1:]):
         states.append(states[-1] + (t1 - t0) * field(t0, states[-1]))
