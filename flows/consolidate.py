@@ -28,15 +28,14 @@ from lethe.flows.unlearn import (
     evaluation_samples,
     forgotten_of,
     grid_file,
+    log_lineage_plot,
     recovery_tags,
     samples_of,
     scored,
     summary_metrics,
 )
 from lethe.tasks.operations.consistency import check_agreement
-from lethe.tasks.operations.lineage import lineage
-from lethe.tasks.operations.lineage_report import lineage_plot
-from lethe.tasks.operations.rollback import chain
+from lethe.tasks.operations.rollback import ancestors
 from lethe.tasks.steps.consolidate import consolidate_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
@@ -60,17 +59,16 @@ def unconsolidated_requests(ctx: Context, version: str) -> list[int]:
     """The requests whose adapters sit on top of the last consolidation (or the base) in `version`'s lineage,
     oldest first."""
     out = []
-    for v in chain(ctx.registry, version):
-        tags = ctx.registry.version(v).tags
-        if tags.get("kind") != "unlearning-step":
+    for registered in ancestors(ctx.registry, version):
+        if registered.tags.get("kind") != "unlearning-step":
             break
-        out.append(int(tags["request_id"]))
+        out.append(int(registered.tags["request_id"]))
     return out[::-1]
 
 
 def carried_requests(ctx: Context, version: str) -> list[int]:
     """Every request whose forgetting `version` carries: each request step in its lineage, oldest first."""
-    tags = [ctx.registry.version(v).tags for v in chain(ctx.registry, version)]
+    tags = [v.tags for v in ancestors(ctx.registry, version)]
     return [int(t["request_id"]) for t in tags[::-1] if t.get("kind") == "unlearning-step"]
 
 
@@ -201,8 +199,7 @@ def consolidate_production(ctx: Context, trigger: str) -> dict:
     cache_samples(ctx, version, samples)
     if not reasons:
         promote_task(ctx.registry, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
+    log_lineage_plot(ctx, version)
     summary = {
         "consolidation": True,
         "version": version,

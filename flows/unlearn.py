@@ -22,7 +22,7 @@ from lethe.tasks.model_sources import check_judge_covers, open_generator, open_j
 from lethe.tasks.operations.consistency import check_agreement
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
-from lethe.tasks.operations.rollback import chain
+from lethe.tasks.operations.rollback import ancestors
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
@@ -98,11 +98,13 @@ def audit_targets(ctx: Context, parent: str, concept: str, forgotten: list[str])
     limit = ctx.settings.recovery.concepts_per_step
     if limit is None or len(forgotten) <= limit:
         return list(forgotten)
+    earlier = [c for c in forgotten if c != concept]
     age: dict[str, int] = {}
-    for steps_ago, version in enumerate(chain(ctx.registry, parent)):
-        tags = ctx.registry.version(version).tags
-        age.update({c: steps_ago for c in forgotten if c not in age and f"recovery.{c}" in tags})
-    earlier = sorted((c for c in forgotten if c != concept), key=lambda c: -age.get(c, len(age) + 10**6))
+    for steps_ago, registered in enumerate(ancestors(ctx.registry, parent)):
+        age.update({c: steps_ago for c in earlier if c not in age and f"recovery.{c}" in registered.tags})
+        if len(age) == len(earlier):  # every earlier concept's last audit is found
+            break
+    earlier.sort(key=lambda c: -age.get(c, len(age) + 10**6))
     chosen = {concept, *earlier[: limit - 1]}
     return [c for c in forgotten if c in chosen]
 
@@ -163,6 +165,12 @@ def grid_file(
     path = folder / "samples.png"
     concept_grid(images, labels, concepts, order, ctx.settings.report.grid_per_concept, forgotten).save(path)
     return path
+
+
+def log_lineage_plot(ctx: Context, version: str) -> None:
+    """The lineage as it stands once `version` is registered, logged with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
 
 
 BASE_KEY = "base"  # the base version's registration key
@@ -400,8 +408,7 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     else:
         promote_task(ctx.registry, version)
         ctx.queue.complete(request.id, version, anchor=replay.anchor)
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx.registry.log_file(version, lineage_plot(lineage(ctx.registry), Path(tmp) / "lineage.png"), "report")
+    log_lineage_plot(ctx, version)
     summary = {
         "request_id": request.id,
         "concept": request.concept,

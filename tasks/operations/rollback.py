@@ -20,15 +20,22 @@ class RollbackRefused(ValueError):
     """A rollback target that must not become production; the message says why."""
 
 
+def ancestors(registry: Registry, version: str):
+    """The version and its ancestors as registry versions, newest first, down to the base; fetched one at a
+    time, so a caller that has seen enough stops early."""
+    seen, current = set(), str(version)
+    while current:
+        if current in seen:
+            raise RuntimeError(f"lineage loop at version {current}")
+        seen.add(current)
+        registered = registry.version(current)
+        yield registered
+        current = registered.tags.get("parent_version", "")
+
+
 def chain(registry: Registry, version: str) -> list[str]:
     """The version and its ancestors, newest first, down to the base."""
-    out, current = [], str(version)
-    while current:
-        if current in out:
-            raise RuntimeError(f"lineage loop at version {current}")
-        out.append(current)
-        current = registry.version(current).tags.get("parent_version", "")
-    return out
+    return [str(v.version) for v in ancestors(registry, version)]
 
 
 def pick_target(registry: Registry, to: str | None, steps: int | None) -> str:
