@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FONTS   := /usr/share/fonts/truetype/dejavu/DejaVuSerifCondensed-BoldItalic.ttf
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -28,11 +29,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-compile --disable-pip-version-check -c constraints.txt torch==2.13.0 -e ".[test]"
 	touch $@
 
-system-data:                      ## Fashion-MNIST ships as a Debian package
-	@if [ ! -f $(FASHION) ]; then \
-	  echo "installing the Debian package dataset-fashion-mnist"; \
+system-data:                      ## Fashion-MNIST and the DejaVu fonts (the letters) ship as Debian packages
+	@if [ ! -f $(FASHION) ] || [ ! -f $(FONTS) ]; then \
+	  echo "installing the Debian packages dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra; \
 	fi
 
 system-servers:                   ## PostgreSQL's server binaries, which the server-profile tests start on loopback

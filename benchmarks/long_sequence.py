@@ -3,6 +3,7 @@
     python benchmarks/long_sequence.py                                   # lethe (consolidating) and dfr-ft
     python benchmarks/long_sequence.py --methods lethe --every 0 --name lethe-plain   # no consolidation
     python benchmarks/long_sequence.py --floors --forget-samples 256     # each request's anchor confusion
+    python benchmarks/long_sequence.py --anchors --sequence thirty-auto   # the automatic anchors, chosen on the base
 
 Each step is one request, handled as `benchmarks/continual.py` handles it (the pipeline's replay and trainer; the
 same judge and fixed-seed evaluation), plus, for Lethe, the pipeline's consolidation: whenever `--every`
@@ -39,15 +40,43 @@ from lethe.models.sampler import sample  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
 from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
+from lethe.tasks.steps.distill import distill  # noqa: E402
 
-# 19 requests: every concept but one (the last anchor). The first ten are continual.py's ten-request sequence;
-# then the rest of each domain, the last digit anchored across domains on the one concept left.
-LONG_SEQUENCE = (
+# 19 requests in the 20-concept world: every concept but one (the last anchor). The first ten are continual.py's
+# ten-request sequence; then the rest of each domain, the last digit anchored across domains on the one left.
+NINETEEN = (
     "trouser:dress,digit_3:digit_8,bag:pullover,digit_7:digit_1,sandal:sneaker,shirt:tshirt,digit_5:digit_6,"
     "coat:pullover,digit_9:digit_4,ankle_boot:sneaker,dress:pullover,digit_1:digit_4,tshirt:pullover,"
     "digit_8:digit_0,pullover:sneaker,digit_6:digit_0,digit_2:digit_0,digit_4:digit_0,digit_0:sneaker"
 )
+# 30 requests across the three domains: the ten-request sequence, then clothing and digits as in NINETEEN,
+# interleaved with 14 letters. The letters' anchors were left to the pipeline's automatic rule (`thirty-auto`)
+# and fixed once on the base, before any run, with `--anchors` (results/long-sequence-anchors.json), so every
+# method steers each letter to the same anchor.
+THIRTY_AUTO = (
+    NINETEEN.split(",dress:pullover")[0]
+    + ",dress:pullover,letter_e:,digit_1:digit_4,letter_o:,tshirt:pullover,letter_r:,digit_8:digit_0,letter_b:,"
+    "letter_m:,pullover:sneaker,letter_s:,digit_6:digit_0,letter_k:,letter_w:,letter_a:,digit_2:digit_0,letter_g:,"
+    "letter_x:,letter_t:,letter_h:"
+)
+SEQUENCES = {"nineteen": NINETEEN, "thirty-auto": THIRTY_AUTO}
 METHODS = ("lethe", "dfr-ft")
+
+
+def resolve_anchors(bench: Bench, settings, log=print) -> list[dict]:
+    """The pipeline's automatic anchor for every request that names none, chosen on the base as the teacher,
+    among the concepts not forgotten before it (the rule and domain setting of `distill`)."""
+    rows, forgotten = [], []
+    for concept, anchor in bench.sequence:
+        if anchor is None:
+            replay = distill(
+                bench.base, AdapterStack(), bench.judge, concept, None, forgotten, settings.distill, settings.sampling
+            )
+            anchor = replay.anchor
+            rows.append({"concept": concept, "anchor": anchor, "rule": settings.distill.anchor_rule})
+            log(f"automatic anchor of {concept}: {anchor}")
+        forgotten.append(concept)
+    return rows
 
 
 def denoising_flops(generator, adapters) -> int:
@@ -164,7 +193,9 @@ def run(bench: Bench, method: str, every: int, name: str, args, save) -> list[di
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--sequence", default=LONG_SEQUENCE)
+    parser.add_argument(
+        "--sequence", default="thirty", help=f"concept:anchor,... or a name: thirty, {', '.join(SEQUENCES)}"
+    )
     parser.add_argument("--every", type=int, help="Lethe's consolidation period (default: consolidate.every)")
     parser.add_argument("--name", help="label of a single method's rows (a variant)")
     parser.add_argument("--forget-samples", type=int, default=64)
@@ -180,6 +211,12 @@ def main(argv=None) -> int:
         help="instead: each request's anchor confusion (the judge calling the anchor's base samples the concept) "
         "-> results/long-sequence-floors.json",
     )
+    parser.add_argument(
+        "--anchors",
+        action="store_true",
+        help="instead: the automatic anchor of every request that names none, on the base "
+        "-> results/long-sequence-anchors.json",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.params).override(parse_overrides(args.set))
     configure_torch(settings.runtime)
@@ -192,7 +229,11 @@ def main(argv=None) -> int:
         "command": "python benchmarks/long_sequence.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "every": every,
     }
-    sequence = sequence_of(args.sequence)
+    sequence = sequence_of(SEQUENCES.get(args.sequence, args.sequence))
+    if args.anchors:
+        bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
+        write([dict(r, **info) for r in resolve_anchors(bench, settings)], RESULTS / "long-sequence-anchors.json")
+        return 0
     if args.floors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
         write([dict(r, **info) for r in bench.run_floors()], RESULTS / "long-sequence-floors.json")

@@ -53,6 +53,7 @@ class PathSettings(Section):
     text_to_image: Path  # the shipped text-to-image model (stage `train_text_to_image`)
     metrics: Path  # metrics and training curves of the stages
     fashion_mnist: Path  # the Debian package dataset-fashion-mnist's files
+    fonts: Path  # the Debian packages fonts-dejavu-core and fonts-dejavu-extra's files
 
     @field_validator("*", mode="after")
     @classmethod
@@ -86,6 +87,9 @@ class GeneratorSettings(Section):
 class DataSettings(Section):
     image_size: Annotated[int, Field(ge=8, le=64)]
     digits_test_per_class: Annotated[int, Field(ge=1, le=499)]  # MNIST-5k has 500 per digit
+    letters_train_per_class: PositiveInt  # rendered letters per capital, training split
+    letters_test_per_class: PositiveInt  # rendered letters per capital, test split (other augmentation draws)
+    letters_seed: int  # the training split's augmentation draws; the test split uses letters_seed + 1
 
 
 class BaseTrainingSettings(Section):

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from lethe.flows.cli import main
+from lethe.models.concepts import CONCEPTS
 from tests.conftest import PARAMS
 
 
@@ -33,7 +34,7 @@ def test_requests_are_added_listed_and_refused_with_reasons(capsys, workspace):
     ]
     assert lethe(workspace, "concepts") == 0
     listing = capsys.readouterr().out.splitlines()
-    assert len(listing) == 20
+    assert len(listing) == len(CONCEPTS) == 46
     assert any(line.startswith("bag") and "queued (request 1" in line for line in listing)
     assert (workspace / "queue.sqlite").is_file()
 

@@ -4,13 +4,32 @@ import sys
 
 import pytest
 
-from lethe.tasks.stages.ingest import MissingSource, fashion_source, verify
+from lethe.tasks.stages.ingest import MissingSource, fashion_source, fonts_source, verify
+from lethe.tasks.stages.letters import ALPHABET, FONT_FILES, render_letters
 from tests.conftest import ROOT as PROJECT_ROOT
 
 
 def test_missing_package_data_gives_install_instructions(tmp_path):
     with pytest.raises(MissingSource, match="apt-get install -y dataset-fashion-mnist"):
         fashion_source(tmp_path)
+
+
+def test_missing_fonts_give_install_instructions(tmp_path):
+    with pytest.raises(MissingSource, match="apt-get install -y fonts-dejavu-core fonts-dejavu-extra"):
+        fonts_source(tmp_path)
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT / "data" / "fonts").is_dir(), reason="run `make data` first")
+def test_letters_render_the_same_bytes_every_time_and_differ_by_seed():
+    fonts = [PROJECT_ROOT / "data" / "fonts" / name for name in FONT_FILES]
+    images, labels = render_letters(fonts, 3, seed=0)
+    again, _ = render_letters(fonts, 3, seed=0)
+    other, _ = render_letters(fonts, 3, seed=1)
+    assert images.shape == (3 * len(ALPHABET), 28, 28) and labels.tolist() == [i for i in range(26) for _ in range(3)]
+    assert (images == again).all() and not (images == other).all()
+    assert images.reshape(len(images), -1).max(1).min() > 100  # every image holds a glyph's ink
+    with pytest.raises(FileNotFoundError, match="font files missing"):
+        render_letters([PROJECT_ROOT / "data" / "fonts" / "NoSuchFont.ttf"], 1, seed=0)
 
 
 @pytest.mark.skipif(not (PROJECT_ROOT / "data" / "mnist-5k").is_dir(), reason="run `make data` first")

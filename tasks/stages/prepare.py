@@ -1,6 +1,8 @@
-"""dvc stage `prepare`: raw idx/csv files -> 16x16 uint8 tensors with concept labels, train and test splits.
+"""dvc stage `prepare`: raw idx/csv/font files -> 16x16 uint8 tensors with concept labels, train and test splits.
 
-Labels follow models.concepts: Fashion-MNIST classes 0-9, digits 10-19. The output is byte-deterministic, so
+Labels follow models.concepts: Fashion-MNIST classes 0-9, digits 10-19, letters 20-45 (rendered here from the
+font files, see tasks.stages.letters). Each split lists the domains in that order, so the first two domains' rows
+are exactly those of the 20-concept world. The output is byte-deterministic, so
 a fresh checkout re-creates exactly the hash in dvc.lock and the trained models downstream stay valid.
 """
 
@@ -15,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from lethe.models.concepts import CLOTHING, CONCEPTS
+from lethe.models.concepts import CLOTHING, CONCEPTS, DIGITS
 from lethe.tasks.stages.entry import stage_settings
+from lethe.tasks.stages.letters import FONT_FILES, render_letters
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -37,8 +40,10 @@ def resize(images: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
 
 
-def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dict:
+def prepare(data: Path, out: Path, size: int, digits_test_per_class: int, letters: dict[str, int], seed: int) -> dict:
+    """Write both splits; `letters` is the number of rendered images per capital in each split."""
     fashion = data / "fashion-mnist"
+    fonts = [data / "fonts" / name for name in FONT_FILES]
     splits = {
         "train": (read_idx(fashion / "train-images-idx3-ubyte.gz"), read_idx(fashion / "train-labels-idx1-ubyte.gz")),
         "test": (read_idx(fashion / "t10k-images-idx3-ubyte.gz"), read_idx(fashion / "t10k-labels-idx1-ubyte.gz")),
@@ -51,8 +56,15 @@ def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dic
     summary = {}
     for split, (images, labels) in splits.items():
         mask = test_mask if split == "test" else ~test_mask
-        x = torch.cat([resize(images, size), resize(digit_images[mask], size)])
-        y = torch.cat([torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(digit_labels[mask] + len(CLOTHING))])
+        letter_images, letter_labels = render_letters(fonts, letters[split], seed + (split == "test"))
+        x = torch.cat([resize(images, size), resize(digit_images[mask], size), resize(letter_images, size)])
+        y = torch.cat(
+            [
+                torch.from_numpy(labels.astype(np.int64)),
+                torch.from_numpy(digit_labels[mask] + len(CLOTHING)),
+                torch.from_numpy(letter_labels + len(CLOTHING) + len(DIGITS)),
+            ]
+        )
         save_file({"images": x.contiguous(), "labels": y.contiguous()}, out / f"{split}.safetensors")
         summary[split] = {"images": len(y), "per_concept": torch.bincount(y, minlength=len(CONCEPTS)).tolist()}
     (out / "concepts.json").write_text(json.dumps({"concepts": list(CONCEPTS), "splits": summary}, indent=2) + "\n")
@@ -61,7 +73,13 @@ def prepare(data: Path, out: Path, size: int, digits_test_per_class: int) -> dic
 
 if __name__ == "__main__":
     settings = stage_settings(__doc__)
+    data = settings.data
     summary = prepare(
-        settings.paths.data, settings.paths.prepared, settings.data.image_size, settings.data.digits_test_per_class
+        settings.paths.data,
+        settings.paths.prepared,
+        data.image_size,
+        data.digits_test_per_class,
+        {"train": data.letters_train_per_class, "test": data.letters_test_per_class},
+        data.letters_seed,
     )
     print(json.dumps({k: v["images"] for k, v in summary.items()}))

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from lethe.models.captions import captions, prompt_sets
-from lethe.models.concepts import CONCEPTS
+from lethe.models.concepts import TEXT_CONCEPTS
 from lethe.models.text_generator import TextToImageGenerator
 from lethe.tasks.settings import TextToImageTrainingSettings
 from lethe.tasks.stages.entry import stage_settings, write_curve, write_metrics
@@ -125,7 +125,7 @@ def train_denoiser(
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 1024]).latent_dist.mean for i in range(0, len(images), 1024)])
         latents = latents * vae.config.scaling_factor
-    texts = {i: captions(c) for i, c in enumerate(CONCEPTS)}
+    texts = {i: captions(c) for i, c in enumerate(TEXT_CONCEPTS)}
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimiser = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -167,10 +167,12 @@ def train_denoiser(
 
 
 def train_text_to_image(images, labels, recipe: TextToImageTrainingSettings) -> tuple:
-    """The generator, its metrics and its training curve."""
+    """The generator, its metrics and its training curve, trained on the images of TEXT_CONCEPTS only."""
+    keep = labels < len(TEXT_CONCEPTS)  # they are the first labels; the prepared splits may hold more domains
+    images, labels = images[keep], labels[keep]
     torch.manual_seed(recipe.seed)
     start, curve = time.time(), []
-    texts = [text for c in CONCEPTS for text in captions(c)]
+    texts = [text for c in TEXT_CONCEPTS for text in captions(c)]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_tokenizer(texts, recipe.vocab_size, recipe.tokens, Path(tmp))
     vae = train_vae(images, labels, recipe, curve)
@@ -193,7 +195,7 @@ if __name__ == "__main__":
     generator, metrics, curve = train_text_to_image(images, labels, settings.text_to_image)
     out = settings.paths.text_to_image
     generator.save(out)
-    (out / "concepts.yaml").write_text(yaml.safe_dump(prompt_sets(list(CONCEPTS)), sort_keys=False))
+    (out / "concepts.yaml").write_text(yaml.safe_dump(prompt_sets(list(TEXT_CONCEPTS)), sort_keys=False))
     write_metrics(settings.paths.metrics / "text_to_image.json", metrics)
     write_curve(settings.paths.metrics / "train_text_to_image_curve.csv", curve)
     print(json.dumps(metrics))

@@ -7,8 +7,9 @@ random delay; a round whose batch finished before its kill counts as a round, no
 `ceil(kills / (requests - 1))` rounds a clean round ("none") lets the current request finish, so the kills
 reach the whole sequence, not only its first requests. Rounds go on until `--kills` processes were killed.
 Then the remaining requests and one clean batch, and the final check: every invariant of harness.problems
-after every round and at the end; requests 1-19 done, request 20 failed (the 20th of 20 concepts leaves
-nothing to retain or steer to: it must fail with its reason, not hang or pass).
+after every round and at the end; every request done, except, when `--requests` is the number of concepts, the
+last one, which must fail (the last concept leaves nothing to retain or steer to: it must fail with its reason,
+not hang or pass). The committed result is from the 20-concept world, where 20 requests meant every concept.
 """
 
 from __future__ import annotations
