@@ -229,10 +229,13 @@ def cmd_run(args, settings: Settings) -> int:
         else:
             print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
     interrupted = [r for r in reports if r.get("interrupted")]
-    finished = [r for r in reports if not r.get("interrupted") and not r.get("consolidation")]
+    attempts = [r for r in reports if not r.get("interrupted") and not r.get("consolidation")]
+    finished = {r["request_id"]: r for r in attempts}  # a request's last attempt says how it ended
     print(
         f"processed {len(finished)} request(s): "
-        f"{sum(r['promoted'] for r in finished)} promoted, {sum(not r['promoted'] for r in finished)} failed"
+        f"{sum(r['promoted'] for r in finished.values())} promoted, "
+        f"{sum(not r['promoted'] for r in finished.values())} failed"
+        + (f" ({len(attempts)} attempts)" if len(attempts) > len(finished) else "")
         + ("; stopped by an outage" if interrupted else "")
     )
     return OUTAGE if interrupted else 0

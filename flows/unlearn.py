@@ -485,8 +485,9 @@ def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
 def step_summary_text(r: dict) -> str:
     """A step's summary as the lines `lethe run` prints."""
     verdict = "promoted to production" if r["promoted"] else "REJECTED: " + "; ".join(r["reasons"])
+    attempt = f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""
     lines = [
-        f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
+        f"request {r['request_id']}{attempt}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
         f"(parent {r['parent_version']}), {verdict}",
         f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}"
         + (
