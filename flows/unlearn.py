@@ -286,7 +286,11 @@ def hours_since(moment: str) -> float:
 def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
     """One attempt at a deletion request, as `plan` (the escalation ladder's) says; returns the attempt's summary.
     A version that passes its gates is promoted; the queue's transition is the caller's (flows/ladder.py)."""
-    s = ctx.settings.override({"train.steps": plan.steps, "adapter.intensity": plan.intensity})
+    s = ctx.settings
+    adapter = s.adapter.model_copy(update={"intensity": plan.intensity})  # the attempt's, as the ladder says
+    train = s.train.model_copy(update={"steps": plan.steps})
+    logged = s.model_dump(mode="json")  # the settings this attempt ran with
+    logged["adapter"]["intensity"], logged["train"]["steps"] = plan.intensity, plan.steps
     registered = ctx.registry.by_key(registration_key(request))
     if registered is not None:
         return finish_registered(ctx, request, registered)
@@ -321,8 +325,8 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
         generator,
         teacher,
         replay.rows(generator),
-        s.adapter,
-        s.train,
+        adapter,
+        train,
         name,
         progress=reporter(f"request {request.id}: train adapter"),
     )
@@ -413,7 +417,7 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
             adapters=trained.stack,
             sampling=s.sampling.model_dump(),
             run_name=f"request-{request.id}-{request.concept}-attempt-{plan.attempt}",
-            settings=s.model_dump(mode="json"),
+            settings=logged,
             metrics=metrics,
             tags=tags,
             description=description,
