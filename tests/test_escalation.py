@@ -161,12 +161,16 @@ def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, pref
     assert "attempt 1" in alert and "attempt 2" in alert and "lethe request approve" in alert
 
     # the failed request is a failed task in Prefect, with its reason; the summary is a table artefact
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, TaskRunFilter, TaskRunFilterName
+
     with get_client(sync_client=True) as client:
-        outcomes = [t for t in client.read_task_runs() if t.name.startswith("request-outcome")]
-        table = client.read_latest_artifacts()
-    assert any(t.state.is_failed() and "request 1 (trouser) failed" in (t.state.message or "") for t in outcomes)
-    summary = [a for a in table if a.key == "lethe-batch-summary"]
-    assert summary and "trouser" in json.dumps(summary[0].data)
+        outcomes = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="request-outcome")))
+        table = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lethe-batch-summary"]))
+        )
+    failed = [t for t in outcomes if t.state.is_failed() and "request 1 (trouser) failed" in (t.state.message or "")]
+    assert failed and "attempt 2" in failed[-1].state.message
+    assert any("trouser" in json.dumps(a.data) and "flagged: failed" in json.dumps(a.data) for a in table)
 
     # the token in the webhook URL is nowhere: logs, output, tags, params, artefacts
     seen = [out.out, out.err, caplog.text, json.dumps([a.data for a in table], default=str)]
