@@ -36,11 +36,12 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from benchmarks.continual import RESULTS, Bench, machine, parse_overrides, write  # noqa: E402
 from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
+from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
+from lethe.tasks.steps.anchor_choice import choose_anchor  # noqa: E402
 from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
-from lethe.tasks.steps.distill import distill  # noqa: E402
 
 # 19 requests in the 20-concept world: every concept but one (the last anchor). The first ten are continual.py's
 # ten-request sequence; then the rest of each domain, the last digit anchored across domains on the one left.
@@ -53,28 +54,60 @@ NINETEEN = (
 # interleaved with 14 letters. The letters' anchors were left to the pipeline's automatic rule (`thirty-auto`)
 # and fixed once on the base, before any run, with `--anchors` (results/long-sequence-anchors.json), so every
 # method steers each letter to the same anchor.
+ANCHORS_OF_THIRTY = {
+    "letter_e": "letter_f",
+    "letter_o": "letter_d",
+    "letter_r": "letter_b",
+    "letter_b": "letter_d",
+    "letter_m": "letter_n",
+    "letter_s": "letter_g",
+    "letter_k": "letter_f",
+    "letter_w": "letter_v",
+    "letter_a": "letter_n",
+    "letter_g": "letter_c",
+    "letter_x": "letter_y",
+    "letter_t": "letter_j",
+    "letter_h": "letter_v",
+}
 THIRTY_AUTO = (
     NINETEEN.split(",dress:pullover")[0]
     + ",dress:pullover,letter_e:,digit_1:digit_4,letter_o:,tshirt:pullover,letter_r:,digit_8:digit_0,letter_b:,"
     "letter_m:,pullover:sneaker,letter_s:,digit_6:digit_0,letter_k:,letter_w:,letter_a:,digit_2:digit_0,letter_g:,"
     "letter_x:,letter_t:,letter_h:"
 )
-SEQUENCES = {"nineteen": NINETEEN, "thirty-auto": THIRTY_AUTO}
+THIRTY = ",".join(  # the anchors --anchors chose (results/long-sequence-anchors.json), written out
+    f"{c}:{a or ANCHORS_OF_THIRTY[c]}" for c, _, a in (p.partition(":") for p in THIRTY_AUTO.split(","))
+)
+SEQUENCES = {"nineteen": NINETEEN, "thirty-auto": THIRTY_AUTO, "thirty": THIRTY}
 METHODS = ("lethe", "dfr-ft")
 
 
 def resolve_anchors(bench: Bench, settings, log=print) -> list[dict]:
     """The pipeline's automatic anchor for every request that names none, chosen on the base as the teacher,
-    among the concepts not forgotten before it (the rule and domain setting of `distill`)."""
+    among the concepts not forgotten before it (`distill`'s rule, domain setting and replay samples: each
+    concept's samples come from its own noise stream, so they are drawn once here and shared)."""
+    d, s = settings.distill, settings.sampling
+    names = bench.base.concepts
+    images, labels = sample(bench.base, names, d.replay_per_concept, d.seed, s.steps, None, s.guidance, s.batch_size)
+    label_names = [names[i] for i in labels.tolist()]
+    domains = DOMAINS if d.anchor_domain == "same" else None
     rows, forgotten = [], []
     for concept, anchor in bench.sequence:
         if anchor is None:
-            replay = distill(
-                bench.base, AdapterStack(), bench.judge, concept, None, forgotten, settings.distill, settings.sampling
+            own = labels == names.index(concept)
+            candidates = [c for c in names if c != concept and c not in forgotten]
+            choice = choose_anchor(
+                bench.judge,
+                concept,
+                images[own],
+                images[~own],
+                [n for n, o in zip(label_names, own.tolist()) if not o],
+                candidates,
+                d.anchor_rule,
+                domains,
             )
-            anchor = replay.anchor
-            rows.append({"concept": concept, "anchor": anchor, "rule": settings.distill.anchor_rule})
-            log(f"automatic anchor of {concept}: {anchor}")
+            rows.append({"concept": concept, "anchor": choice.anchor, "rule": d.anchor_rule})
+            log(f"automatic anchor of {concept}: {choice.anchor}")
         forgotten.append(concept)
     return rows
 

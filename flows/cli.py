@@ -69,6 +69,8 @@ def cmd_request_add(args, settings: Settings) -> int:
             args.note or "",
             args.prompt or (),
             args.anchor_prompt or (),
+            due_at=args.due,
+            deadline_days=settings.deadlines.days,
         )
     except RequestRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
@@ -90,6 +92,7 @@ def cmd_request_inbox(args, settings: Settings) -> int:
         open_generator(settings.generator),
         s3_client(settings.storage.s3_endpoint),
         settings.storage.inbox,
+        settings.deadlines.days,
     )
     for key, request_id in report.queued:
         print(f"queued   {key} -> request {request_id}")
@@ -102,29 +105,96 @@ def cmd_request_inbox(args, settings: Settings) -> int:
 
 
 def cmd_request_list(args, settings: Settings) -> int:
-    requests = _queue(settings).list()
+    from datetime import datetime, timezone
+
+    from lethe.tasks.operations.deadlines import age_days, due_of, flags
+
+    queue = _queue(settings)
+    requests = queue.list()
+    flagged = {f.request_id: f.kind for f in flags(requests, settings.deadlines)}
     if args.json:
-        print(json.dumps([r.to_dict() for r in requests], indent=2))
+        rows = []
+        for r in requests:
+            row = r.to_dict()
+            row["due"] = due_of(r, settings.deadlines).isoformat(timespec="seconds")
+            row["flag"] = flagged.get(r.id)
+            row["decisions"] = [d.to_dict() for d in queue.decisions(r.id)]
+            rows.append(row)
+        print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'id':>4}  {'state':<8} {'concept':<12} {'anchor':<12} {'version':>7}  note / reasons")
+    now = datetime.now(timezone.utc)
+    print(
+        f"{'id':>4}  {'state':<11} {'concept':<12} {'anchor':<12} {'version':>7} {'tries':>5} {'age':>5}  "
+        f"{'due':<10} {'flag':<8} note / reasons"
+    )
     for r in requests:
+        anchor = r.anchor or next((a["anchor"] for a in reversed(r.attempt_log) if a.get("anchor")), None)
         print(
-            f"{r.id:>4}  {r.state:<8} {r.concept:<12} {r.anchor or '(auto)':<12} {r.version or '-':>7}  "
-            f"{r.reasons or r.note}"
+            f"{r.id:>4}  {r.state:<11} {r.concept:<12} {anchor or '(auto)':<12} {r.version or '-':>7} "
+            f"{r.attempts:>5} {age_days(r, now):>4.0f}d  {due_of(r, settings.deadlines):%Y-%m-%d} "
+            f"{flagged.get(r.id, '-'):<8} {r.reasons or r.note}"
         )
     return 0
 
 
-def cmd_request_retry(args, settings: Settings) -> int:
+def _who(args) -> str:
+    return args.by or getpass.getuser()
+
+
+def _decided(action, *call) -> int:
     from lethe.tasks.stores.queue import InvalidTransition, RequestRefused
 
     try:
-        request = _queue(settings).requeue(args.id)
+        return action(*call)
     except (InvalidTransition, RequestRefused) as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 2
-    print(f"request {request.id} ({request.concept}) is pending again; `lethe run` processes it")
-    return 0
+
+
+def cmd_request_approve(args, settings: Settings) -> int:
+    from lethe.tasks.operations import decisions
+
+    queue, registry = _queue(settings), _registry(settings)
+
+    def run() -> int:
+        numbers = decisions.check_approval(queue, registry, args.id, args.version)
+        print(f"request {args.id}, version {args.version}: what the gates measured")
+        for key, value in numbers.items():
+            print(f"  {key}: {value}")
+        decision, _ = decisions.approve(queue, registry, args.id, args.version, args.reason, _who(args))
+        print(f"approved by {decision.by_user} at {decision.at}: version {args.version} is production")
+        return 0
+
+    return _decided(run)
+
+
+def cmd_request_cancel(args, settings: Settings) -> int:
+    from lethe.tasks.operations import decisions
+
+    def run() -> int:
+        decision = decisions.cancel(_queue(settings), _registry(settings), args.id, args.reason, _who(args))
+        print(f"request {args.id} cancelled by {decision.by_user} at {decision.at}")
+        return 0
+
+    return _decided(run)
+
+
+def cmd_request_retry(args, settings: Settings) -> int:
+    from lethe.tasks.operations import decisions
+
+    overrides = {k: v for k, v in (("anchor", args.anchor), ("steps", args.steps)) if v is not None}
+
+    def run() -> int:
+        decision = decisions.retry(
+            _queue(settings), _registry(settings), args.id, overrides, args.reason, _who(args), known_concepts(settings)
+        )
+        print(
+            f"request {args.id} is pending again (a new ladder{', with ' + str(overrides) if overrides else ''}), "
+            f"by {decision.by_user}; `lethe run` processes it"
+        )
+        return 0
+
+    return _decided(run)
 
 
 def cmd_run(args, settings: Settings) -> int:
@@ -159,10 +229,13 @@ def cmd_run(args, settings: Settings) -> int:
         else:
             print(f"request {report['request_id']} ({report['concept']}) failed: {'; '.join(report['reasons'])}")
     interrupted = [r for r in reports if r.get("interrupted")]
-    finished = [r for r in reports if not r.get("interrupted") and not r.get("consolidation")]
+    attempts = [r for r in reports if not r.get("interrupted") and not r.get("consolidation")]
+    finished = {r["request_id"]: r for r in attempts}  # a request's last attempt says how it ended
     print(
         f"processed {len(finished)} request(s): "
-        f"{sum(r['promoted'] for r in finished)} promoted, {sum(not r['promoted'] for r in finished)} failed"
+        f"{sum(r['promoted'] for r in finished.values())} promoted, "
+        f"{sum(not r['promoted'] for r in finished.values())} failed"
+        + (f" ({len(attempts)} attempts)" if len(attempts) > len(finished) else "")
         + ("; stopped by an outage" if interrupted else "")
     )
     return OUTAGE if interrupted else 0
@@ -386,13 +459,15 @@ def cmd_certificate(args, settings: Settings) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
+    from lethe.tasks.model_sources import open_generator
+    from lethe.tasks.operations.enqueue import enqueue
     from lethe.tasks.stores.queue import RequestRefused
 
-    queue = _queue(settings)
+    queue, generator = _queue(settings), open_generator(settings.generator)
     for item in settings.demo.requests:
         try:
-            request = queue.add(
-                item.concept, item.anchor, "demo request", known=known_concepts(settings), forgotten=queue.forgotten()
+            request = enqueue(
+                queue, generator, item.concept, item.anchor, "demo request", deadline_days=settings.deadlines.days
             )
             print(f"queued request {request.id}: forget {request.concept} -> {request.anchor or '(auto)'}")
         except RequestRefused as refused:
@@ -434,16 +509,29 @@ def parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="text-to-image: a prompt to steer to (repeatable); replaces the anchor's prompts for this request",
     )
+    add.add_argument("--due", metavar="DATE", help="its deadline, ISO date or time (default: deadlines.days from now)")
     add.set_defaults(func=cmd_request_add)
     request.add_parser(
         "inbox", help="queue the request objects under storage.inbox (S3); each object enters once"
     ).set_defaults(func=cmd_request_inbox)
-    listing = request.add_parser("list", help="all requests with their state")
+    listing = request.add_parser("list", help="all requests: state, attempts, age, due date, flags")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_request_list)
-    retry = request.add_parser("retry", help="re-queue a failed or rolled-back request")
+    approve = request.add_parser(
+        "approve", help="make a failed request's rejected attempt production by hand (shows its gate numbers first)"
+    )
+    approve.add_argument("id", type=int)
+    approve.add_argument("--version", required=True, help="one of the request's attempts (`lethe lineage`)")
+    cancel = request.add_parser("cancel", help="withdraw a pending or failed request")
+    cancel.add_argument("id", type=int)
+    retry = request.add_parser("retry", help="send a failed, cancelled or rolled-back request back to the queue")
     retry.add_argument("id", type=int)
-    retry.set_defaults(func=cmd_request_retry)
+    retry.add_argument("--anchor", help="steer to this concept on every attempt (default: the automatic rule)")
+    retry.add_argument("--steps", type=int, help="training steps of its first attempt (default: train.steps)")
+    for decision, func in ((approve, cmd_request_approve), (cancel, cmd_request_cancel), (retry, cmd_request_retry)):
+        decision.add_argument("--reason", required=True, help="why: kept on record with who and when")
+        decision.add_argument("--by", help="who decides (default: the login name)")
+        decision.set_defaults(func=func)
     run = sub.add_parser("run", help="process pending requests now (the flow the nightly deployment runs)")
     run.add_argument("--limit", type=int, help="process at most N requests")
     run.set_defaults(func=cmd_run)

@@ -9,22 +9,27 @@ import os
 import tempfile
 import traceback
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
+from lethe.flows.alerts import alert, batch_message, failed_message, mlflow_pointer, overdue_message, table_artefact
 from lethe.flows.process import configure_process
 from lethe.flows.progress import reporter
 from lethe.models.adapter_stack import AdapterStack
 from lethe.tasks.images import concept_grid
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
 from lethe.tasks.operations.consistency import check_agreement
+from lethe.tasks.operations.deadlines import flags
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
 from lethe.tasks.operations.rollback import ancestors
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, load_settings
+from lethe.tasks.steps.escalation import AttemptPlan
 from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
@@ -33,7 +38,7 @@ from lethe.tasks.steps.replay import replay_task
 from lethe.tasks.steps.train_adapter import train_adapter_task
 from lethe.tasks.stores.batch_lock import batch_lock
 from lethe.tasks.stores.prepared_splits import load_split
-from lethe.tasks.stores.queue import Request, RequestQueue
+from lethe.tasks.stores.queue import FAILED, Request, RequestQueue
 from lethe.tasks.stores.registry import Registry, promote_task, register_version_task
 from lethe.tasks.stores.replay_sets import DatasetStore, version_replay_sets
 from lethe.tasks.workspace import Workspace
@@ -241,7 +246,8 @@ def registration_key(request: Request) -> str:
 def finish_registered(ctx: Context, request: Request, registered) -> dict:
     """This attempt registered `registered` before its process died (the queue resumes an interrupted attempt
     under the same number): finish it from the registry's record instead of training again. A version that
-    passed its gates is promoted, unless production has moved off its parent meanwhile."""
+    passed its gates is promoted, unless production has moved off its parent meanwhile. The queue's transition
+    (done, the next attempt, or failed) is the ladder's (flows/ladder.py), as for a fresh attempt."""
     tags, version = registered.tags, str(registered.version)
     production = ctx.registry.production()
     reasons = [r for r in tags.get("gate_reasons", "").split("; ") if r] if tags.get("gate") != "passed" else []
@@ -250,11 +256,8 @@ def finish_registered(ctx: Context, request: Request, registered) -> dict:
             f"interrupted after registering version {version}; production moved meanwhile from its parent "
             f"{tags.get('parent_version')} to {production.version}: re-queue the request"
         ]
-    if reasons:
-        ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=tags.get("anchor"))
-    else:
+    if not reasons:
         promote_task(ctx.registry, version)
-        ctx.queue.complete(request.id, version, anchor=tags.get("anchor"))
     get_run_logger().warning(
         "request %s: resumed after an interruption; version %s was registered already (%s)",
         request.id,
@@ -263,6 +266,7 @@ def finish_registered(ctx: Context, request: Request, registered) -> dict:
     )
     return {
         "request_id": request.id,
+        "attempt": request.attempts,
         "concept": request.concept,
         "anchor": tags.get("anchor"),
         "version": version,
@@ -273,10 +277,20 @@ def finish_registered(ctx: Context, request: Request, registered) -> dict:
     }
 
 
+def hours_since(moment: str) -> float:
+    """Hours from an ISO time (a request's arrival) to now."""
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(moment)).total_seconds() / 3600
+
+
 @flow(name="lethe-unlearn-request", log_prints=True)
-def unlearn_request(ctx: Context, request: Request) -> dict:
-    """One deletion request; returns the step's summary. The request ends done (promoted) or failed."""
+def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
+    """One attempt at a deletion request, as `plan` (the escalation ladder's) says; returns the attempt's summary.
+    A version that passes its gates is promoted; the queue's transition is the caller's (flows/ladder.py)."""
     s = ctx.settings
+    adapter = s.adapter.model_copy(update={"intensity": plan.intensity})  # the attempt's, as the ladder says
+    train = s.train.model_copy(update={"steps": plan.steps})
+    logged = s.model_dump(mode="json")  # the settings this attempt ran with
+    logged["adapter"]["intensity"], logged["train"]["steps"] = plan.intensity, plan.steps
     registered = ctx.registry.by_key(registration_key(request))
     if registered is not None:
         return finish_registered(ctx, request, registered)
@@ -284,8 +298,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
     forgotten_before = forgotten_of(parent)
     if request.concept in forgotten_before:
         raise ValueError(f"{request.concept} is already forgotten by production version {parent.version}")
-    if request.anchor in forgotten_before:
-        raise ValueError(f"anchor {request.anchor} is forgotten by production version {parent.version}")
+    if plan.anchor in forgotten_before:
+        raise ValueError(f"anchor {plan.anchor} is forgotten by production version {parent.version}")
     generator, teacher = ctx.registry.load(parent.version)
     name = f"request-{request.id}"
     if name in teacher.names:
@@ -295,13 +309,14 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         teacher,
         ctx.judge,
         request.concept,
-        request.anchor,
+        plan.anchor,
         forgotten_before,
         s.distill,
         s.sampling,
         progress=reporter(f"request {request.id}: teacher replay"),
         prompts=request.prompts,
         anchor_prompts=request.anchor_prompts,
+        avoid=plan.avoid,
     )
     forget_ref, retain_ref = version_replay_sets(
         ctx.store, request.id, request.attempts, replay.forget_tensors(), replay.retain_tensors()
@@ -310,8 +325,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         generator,
         teacher,
         replay.rows(generator),
-        s.adapter,
-        s.train,
+        adapter,
+        train,
         name,
         progress=reporter(f"request {request.id}: train adapter"),
     )
@@ -356,6 +371,9 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         "metric.retain_acc_mean": f"{after['retain_acc_mean']:.4f}",
         "metric.kid": f"{after['kid']:.4f}",
         "generator_kind": generator.kind,
+        **plan.tags(),
+        "request_received": request.created_at,
+        **({"request_due": request.due_at} if request.due_at else {}),
     }
     if "held_out_accuracy" in after:
         tags["metric.held_out_forget_acc_max"] = f"{after['held_out_forget_acc_max']:.4f}"
@@ -368,8 +386,11 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
             "before.kid": before["kid"],
             "trainable_params": trained.trainable_params,
             "train_seconds": trained.seconds,
+            "attempt": plan.attempt,
         }
     )
+    if not reasons:  # this version fulfils the request: how long the request waited for production
+        metrics["request_to_production_hours"] = hours_since(request.created_at)
     if "held_out_accuracy" in before:
         metrics["before.held_out_acc"] = before["held_out_accuracy"][request.concept]
     if after["recovery"]:
@@ -377,7 +398,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
         metrics.update({f"recovery_acc.{c}": a for c, a in after["recovery"].items()})
     metrics = {k: v for k, v in metrics.items() if v == v}  # NaN (KID without real images) is not logged
     description = (
-        f"Request {request.id}: forget {request.concept} (anchor {replay.anchor}) on top of version "
+        f"Request {request.id}, attempt {plan.attempt} ({plan.why}): forget {request.concept} (anchor "
+        f"{replay.anchor}) on top of version "
         f"{parent.version}. Forget accuracy {before['accuracy'][request.concept]:.3f} -> "
         f"{after['accuracy'][request.concept]:.3f}; retained {before['retain_acc_mean']:.3f} -> "
         f"{after['retain_acc_mean']:.3f}. Gates: {'; '.join(reasons) or 'passed'}."
@@ -394,8 +416,8 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
             generator=generator,
             adapters=trained.stack,
             sampling=s.sampling.model_dump(),
-            run_name=f"request-{request.id}-{request.concept}",
-            settings=s.model_dump(mode="json"),
+            run_name=f"request-{request.id}-{request.concept}-attempt-{plan.attempt}",
+            settings=logged,
             metrics=metrics,
             tags=tags,
             description=description,
@@ -403,14 +425,12 @@ def unlearn_request(ctx: Context, request: Request) -> dict:
             datasets={"forget": (forget_ref.path, forget_ref.md5), "retain": (retain_ref.path, retain_ref.md5)},
         )
     cache_samples(ctx, version, samples)
-    if reasons:
-        ctx.queue.fail(request.id, "; ".join(reasons), version=version, anchor=replay.anchor)
-    else:
+    if not reasons:
         promote_task(ctx.registry, version)
-        ctx.queue.complete(request.id, version, anchor=replay.anchor)
     log_lineage_plot(ctx, version)
     summary = {
         "request_id": request.id,
+        "attempt": plan.attempt,
         "concept": request.concept,
         "anchor": replay.anchor,
         "version": version,
@@ -469,8 +489,9 @@ def step_summary_markdown(r: dict, after: dict, ctx: Context) -> str:
 def step_summary_text(r: dict) -> str:
     """A step's summary as the lines `lethe run` prints."""
     verdict = "promoted to production" if r["promoted"] else "REJECTED: " + "; ".join(r["reasons"])
+    attempt = f", attempt {r['attempt']}" if r.get("attempt", 1) > 1 else ""
     lines = [
-        f"request {r['request_id']}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
+        f"request {r['request_id']}{attempt}: forget {r['concept']} -> {r['anchor']} = version {r['version']} "
         f"(parent {r['parent_version']}), {verdict}",
         f"  forget accuracy {r['concept']}: {r['forget_acc_before']:.3f} -> {r['forget_acc_after']:.3f}"
         + (
@@ -537,7 +558,9 @@ def read_inbox(ctx: Context, storage, logger) -> None:
 
     generator = open_generator(ctx.settings.generator)
     try:
-        report = ingest_inbox(ctx.queue, generator, s3_client(storage.s3_endpoint), storage.inbox)
+        report = ingest_inbox(
+            ctx.queue, generator, s3_client(storage.s3_endpoint), storage.inbox, ctx.settings.deadlines.days
+        )
     except Exception as error:  # botocore's errors have no common base worth naming here
         logger.error(
             "the inbox %s could not be read (%s: %s); it is read again next batch",
@@ -552,6 +575,18 @@ def read_inbox(ctx: Context, storage, logger) -> None:
         logger.info("inbox: queued %s", ", ".join(f"{key} as request {i}" for key, i in report.queued))
 
 
+class RequestFailed(Exception):
+    """A request that ended failed: raised by its outcome task so the Prefect UI shows it failed, with why."""
+
+
+@task(name="request-outcome", cache_policy=NO_CACHE)
+def request_outcome(request_id: int, concept: str, state: str, reasons: str) -> str:
+    """One task per request the batch ended: completed when done, failed (with the reasons) when failed."""
+    if state == FAILED:
+        raise RequestFailed(f"request {request_id} ({concept}) failed: {reasons}")
+    return state
+
+
 @flow(name="lethe-process-queue", log_prints=True)
 def process_queue(params_file: str = "params.yaml", workspace: str | None = None, limit: int | None = None) -> list:
     """Drain pending requests in order (at most `limit`), one at a time; the nightly deployment runs this.
@@ -560,9 +595,12 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
     same workspace touches nothing."""
     settings = batch_settings(params_file, workspace)
     configure_process(settings, os.environ)
+    from lethe.flows.ladder import Interrupted, fulfil  # it builds on this module's unlearn_request
+
     ws = Workspace.open(settings)
     logger = get_run_logger()
-    reports = []
+    reports, ended, flagged = [], {}, []
+    pointer = mlflow_pointer(ws.mlflow_uri, settings.registry.model_name)
     with batch_lock(ws.lock, ws.queue_location):
         ctx = Context.open(settings, ws)
         check_agreement(ctx.queue, ctx.registry)
@@ -586,41 +624,31 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
                 break
             done += 1
             try:
-                reports.append(unlearn_request(ctx, request))
-            except Exception as error:
-                if is_outage(error):  # not the request's fault: it waits, and the batch stops (order is kept)
-                    reason = outage_reason(error)
-                    logger.error("request %s stopped by an outage:\n%s", request.id, traceback.format_exc())
-                    ctx.queue.release(request.id, reason)
-                    reports.append(
-                        {
-                            "request_id": request.id,
-                            "concept": request.concept,
-                            "promoted": False,
-                            "reasons": [f"waiting: {reason}"],
-                            "interrupted": True,
-                        }
-                    )
-                    break
-                # a bad step fails its request; the batch and production go on
-                logger.error("request %s failed:\n%s", request.id, traceback.format_exc())
-                ctx.queue.fail(request.id, f"error: {type(error).__name__}: {error}")
-                reports.append(
-                    {
-                        "request_id": request.id,
-                        "concept": request.concept,
-                        "promoted": False,
-                        "reasons": [f"error: {error}"],
-                    }
-                )
+                request, attempts = fulfil(ctx, request, logger)
+            except Interrupted as stop:
+                reports.append(stop.report)
+                break
+            reports.extend(attempts)
+            ended[request.id] = request
+            request_outcome(request.id, request.concept, request.state, request.reasons, return_state=True)
+            if request.state == FAILED:
+                alert(settings.notify, "failed", failed_message(request, pointer), logger)
+        flagged = flags(ctx.queue.list(), settings.deadlines)
+    overdue = [f for f in flagged if f.kind != "failed"]
+    if overdue:
+        alert(settings.notify, "overdue", overdue_message(overdue, pointer), logger)
+    if ended:
+        alert(settings.notify, "batch", batch_message(reports, ended, flagged, pointer), logger)
+    table_artefact(reports, ended, flagged)
     summary = "\n".join(
-        f"| {r.get('request_id', 'consolidation')} | {r.get('concept', '-')} | {r.get('version') or '-'} | "
+        f"| {r.get('request_id', 'consolidation')} | {r.get('concept', '-')} | {r.get('attempt', '-')} | "
+        f"{r.get('version') or '-'} | "
         f"{'promoted' if r['promoted'] else ('' if r.get('interrupted') else 'failed: ') + '; '.join(r['reasons'])} |"
         for r in reports
     )
     create_markdown_artifact(
-        markdown=f"# Lethe batch\n\n{done} request(s)\n\n| request | concept | version "
-        f"| result |\n|---|---|---|---|\n{summary}\n",
+        markdown=f"# Lethe batch\n\n{done} request(s)\n\n| request | concept | attempt | version "
+        f"| result |\n|---|---|---|---|---|\n{summary}\n",
         key="lethe-batch",
         description="Requests processed by this batch",
     )

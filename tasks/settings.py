@@ -303,6 +303,53 @@ class StorageSettings(Section):
         return value
 
 
+LADDER_RUNGS = ("anchor", "steps", "intensity")
+
+
+class EscalationSettings(Section):
+    """The escalation ladder (flows/escalation.py): a request whose attempt fails its gates is tried again in the
+    same batch, each attempt adding the next rung's change to the previous attempt's settings."""
+
+    attempts: Annotated[int, Field(ge=1, le=8)]  # at most, the first (as asked) included; 1 = no ladder
+    budget_minutes: Positive  # the ladder's wall time: no new attempt starts once its attempts took this long
+    ladder: list[Literal["anchor", "steps", "intensity"]]  # in order; anchor: automatic-anchor requests only
+    steps_factor: Annotated[float, Field(gt=1.0, le=8.0)]  # the steps rung multiplies train.steps by this
+    intensity: Annotated[float, Field(gt=0.0, le=4.0)]  # the intensity rung's ODE horizon (adapter.intensity)
+
+    @field_validator("ladder", mode="after")
+    @classmethod
+    def _each_rung_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each rung at most once, got {value}")
+        return value
+
+
+class NotifySettings(Section):
+    """Where batch summaries and alerts go: a saved Prefect notification block, by `<type-slug>/<name>` (e.g.
+    custom-webhook/lethe-ops, slack-webhook/lethe). The block holds the URL and its token, so no secret is ever
+    in these settings (which every version logs)."""
+
+    block: str | None  # None = no notifications (the batch still logs and writes its Prefect artefacts)
+    batch: bool  # a summary at the end of every batch that processed anything
+    failed: bool  # at once when a request ends failed
+    overdue: bool  # at once for each request past its due date or pending past deadlines.flag_pending_days
+
+    @field_validator("block", mode="after")
+    @classmethod
+    def _block_reference(cls, value: str | None) -> str | None:
+        if value is not None and (value.count("/") != 1 or "://" in value or not all(value.split("/"))):
+            raise ValueError(
+                f"notify.block names a saved Prefect block as <type-slug>/<name>, e.g. custom-webhook/lethe-ops, "
+                f"not a URL (a webhook URL is a credential: save it in the block); got {redacted(value)!r}"
+            )
+        return value
+
+
+class DeadlineSettings(Section):
+    days: PositiveInt  # a request is due this many days after it arrives, unless it names its own due date
+    flag_pending_days: PositiveInt  # a request still pending (or running) this long is flagged
+
+
 class RuntimeSettings(Section):
     threads: PositiveInt | None  # torch threads; None = torch's own choice
 
@@ -408,6 +455,18 @@ class Settings(Section):
     demo: DemoSettings
     recovery: RecoverySettings
     baselines: BaselineSettings
+    escalation: EscalationSettings
+    notify: NotifySettings
+    deadlines: DeadlineSettings
+
+    @model_validator(mode="after")
+    def _intensity_rung_raises_the_horizon(self):
+        if "intensity" in self.escalation.ladder and self.escalation.intensity <= self.adapter.intensity:
+            raise ValueError(
+                f"escalation.intensity {self.escalation.intensity} must exceed adapter.intensity "
+                f"{self.adapter.intensity}: the intensity rung raises the horizon"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consolidation_site_follows_the_adapters(self):

@@ -38,7 +38,7 @@ def test_objects_enter_the_queue_once_in_key_order_and_bad_ones_are_moved_aside(
     put(s3, "in/005-extra.json", {"concept": "coat", "priority": "high"})
     put(s3, "elsewhere/006.json", {"concept": "shirt"})  # outside the inbox's prefix
 
-    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)
 
     assert [(r.concept, r.anchor, r.note) for r in queue.list()] == [
         ("trouser", "dress", "ticket 1"),
@@ -63,7 +63,7 @@ def test_objects_enter_the_queue_once_in_key_order_and_bad_ones_are_moved_aside(
     assert refused["lethe-outcome"] == "rejected" and "unicorn" in refused["lethe-reason"]
     assert keys(s3, "elsewhere/") == ["elsewhere/006.json"]
 
-    again = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")  # nothing new: nothing queued twice
+    again = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)  # nothing new: nothing queued twice
     assert (again.queued, again.rejected, again.already) == ([], [], [])
     assert len(queue.list()) == 2
 
@@ -75,18 +75,18 @@ def test_an_object_read_before_a_crash_is_moved_not_queued_again(s3, queue_locat
     # the crash: the request was queued (with its origin, in one transaction), the object never moved
     first = queue.add("trouser", known=generator.concepts, origin=(BUCKET, "in/001.json", etag))
 
-    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)
 
     assert report.already == ["in/001.json"] and report.queued == []
     assert [r.id for r in queue.list()] == [first.id]
     assert keys(s3, "in/") == ["in/processed/001.json"]
     # the same bytes again at the same key are the same object (same ETag): moved, not queued
     put(s3, "in/001.json", {"concept": "trouser"})
-    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)
     assert report.already == ["in/001.json"] and len(queue.list()) == 1
     # another body at that key (a new ETag) is a new request object, read on its own merits
     put(s3, "in/001.json", {"concept": "trouser", "note": "sent twice"})
-    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)
     assert report.queued == [] and "trouser" in report.rejected[0][1]  # already queued: refused with the reason
     assert len(queue.list()) == 1
 
@@ -143,7 +143,7 @@ def test_a_second_reader_between_check_and_enqueue_cannot_misfile_the_object(s3,
 
     queue = RacingQueue(queue_location)
     put(s3, "in/001.json", {"concept": "trouser"})
-    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in")
+    report = ingest_inbox(queue, generator, s3, f"s3://{BUCKET}/in", 30)
     assert queue.raced and report.queued == [] and report.rejected == [] and report.already == ["in/001.json"]
     assert [r.concept for r in queue.list()] == ["trouser"]  # queued once, by the other reader
     assert keys(s3, "in/") == ["in/processed/001.json"]  # filed as the queue recorded it, not as rejected

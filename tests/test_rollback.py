@@ -70,7 +70,7 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
     assert run_cli("rollback", "--steps", "2", "--requeue") == 0
     assert lineage(run_cli, capsys)["1"]["aliases"] == ["production"]
     assert [(r.id, r.state) for r in queue.list()] == [(1, "pending"), (2, "pending"), (3, "failed")]
-    assert run_cli("request", "retry", "3") == 0
+    assert run_cli("request", "retry", "3", "--reason", "the rollback was a mistake") == 0
     assert queue.get(3).state == "pending"
 
     # show: one version in full, with the commands that restore its replay sets

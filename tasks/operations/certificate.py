@@ -124,7 +124,10 @@ def certificate(queue: RequestQueue, registry: Registry, request_id: int, mlflow
             "started_at": request.started_at,
             "fulfilled_at": request.finished_at,
             "attempts": request.attempts,
+            "due_at": request.due_at,
             "prompts": list(request.prompts),
+            "attempt_log": list(request.attempt_log),
+            "decisions": [d.to_dict() for d in queue.decisions(request.id)],
         },
         "version": {
             "model": registry.model_name,
@@ -185,8 +188,16 @@ of <code>{{ c.version.model }}</code>.</p>
 <tr><th>who / why (note)</th><td>{{ c.request.note or "(no note)" }}</td></tr>
 <tr><th>received</th><td>{{ c.request.received_at }}</td></tr>
 <tr><th>fulfilled</th><td>{{ c.request.fulfilled_at }} (attempt {{ c.request.attempts }})</td></tr>
+{% if c.request.due_at %}<tr><th>due</th><td>{{ c.request.due_at }}</td></tr>{% endif %}
 {% if c.request.prompts %}<tr><th>prompts</th><td>{{ c.request.prompts | join("; ") }}</td></tr>{% endif %}
 </table>
+{% if c.request.attempt_log %}<table><tr><th>attempt</th><th>why it ran</th><th>anchor</th><th>version</th>
+<th>result</th></tr>{% for a in c.request.attempt_log %}<tr><td>{{ a.attempt }}</td><td>{{ a.why }}</td>
+<td>{{ a.anchor or "-" }}</td><td>{{ a.version or "-" }}</td>
+<td>{{ "passed" if a.passed else (a.reasons | join("; ")) }}</td></tr>{% endfor %}</table>{% endif %}
+{% if c.request.decisions %}<p>Decisions on record:</p><table><tr><th>when</th><th>who</th><th>decision</th>
+<th>version</th><th>why</th></tr>{% for d in c.request.decisions %}<tr><td>{{ d.at }}</td><td>{{ d.by_user }}</td>
+<td>{{ d.action }}</td><td>{{ d.version or "-" }}</td><td>{{ d.reason }}</td></tr>{% endfor %}</table>{% endif %}
 <h2>The version</h2>
 <p>Version {{ c.version.version }} ({{ c.version.status }}; production is now version
 {{ c.version.production_now }}), registered {{ c.version.registered_at }}, gate

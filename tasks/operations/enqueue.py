@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
 
 from lethe.tasks.stores.queue import Request, RequestQueue, RequestRefused
 
@@ -16,8 +17,12 @@ def enqueue(
     prompts: Iterable[str] = (),
     anchor_prompts: Iterable[str] = (),
     origin: tuple[str, str, str] | None = None,
+    *,
+    due_at: str | None = None,
+    deadline_days: int,
 ) -> Request:
-    """The queued request; RequestRefused (with the reason) when it must not enter the queue."""
+    """The queued request; RequestRefused (with the reason) when it must not enter the queue. It is due at
+    `due_at` (ISO), or `deadline_days` (deadlines.days) after now."""
     prompts, anchor_prompts = tuple(prompts), tuple(anchor_prompts)
     if (prompts or anchor_prompts) and not hasattr(generator, "prompts_of"):
         raise RequestRefused(
@@ -32,4 +37,5 @@ def enqueue(
         prompts=prompts,
         anchor_prompts=anchor_prompts,
         origin=origin,
+        due_at=due_at or (datetime.now(timezone.utc) + timedelta(days=deadline_days)).isoformat(timespec="seconds"),
     )

@@ -14,7 +14,8 @@ def status_of(version, aliases: list[str]) -> str:
         return "rolled_back"
     if version.tags.get("kind") == "base":
         return "base"
-    return {"failed": "rejected", "passed": "superseded"}.get(version.tags.get("gate"), "incomplete")
+    gate = "passed" if version.tags.get("approved_by") else version.tags.get("gate")  # a person's approval
+    return {"failed": "rejected", "passed": "superseded"}.get(gate, "incomplete")
 
 
 def lineage(registry: Registry) -> list[dict]:
@@ -68,7 +69,9 @@ def format_lineage(rows: list[dict]) -> str:
             f"{m.get('kid', 0):>7.4f}  {r['status']:<11} {','.join(r['aliases'])}"
         )
         if r["gate_reasons"]:
-            lines.append(f"{'':>9}rejected: {r['gate_reasons']}")
+            lines.append(f"{'':>9}{'gates' if r['tags'].get('approved_by') else 'rejected'}: {r['gate_reasons']}")
+        for key in sorted((k for k in r["tags"] if k.startswith("decision.")), key=lambda k: int(k.split(".")[1])):
+            lines.append(f"{'':>9}decision: {r['tags'][key]}")
     lines.append(
         "forget = worst judged accuracy over every concept forgotten so far (lower is better); "
         "retain = mean over retained concepts"

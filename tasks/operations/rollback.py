@@ -56,7 +56,7 @@ def pick_target(registry: Registry, to: str | None, steps: int | None) -> str:
         target = registry.version(to)
     except KeyError:
         raise RollbackRefused(f"version {to!r} does not exist") from None
-    if target.tags.get("gate") != "passed":
+    if target.tags.get("gate") != "passed" and not target.tags.get("approved_by"):
         raise RollbackRefused(
             f"version {to} never passed its quality gates "
             f"({target.tags.get('gate_reasons') or 'not evaluated'}); it cannot be production"

@@ -56,17 +56,21 @@ def distill(
     progress=None,
     prompts: tuple[str, ...] = (),
     anchor_prompts: tuple[str, ...] = (),
+    avoid: tuple[str, ...] = (),
 ) -> ReplaySets:
-    """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept. A class-conditional
-    model has no prompts: a request that gives some is refused."""
+    """Generate the replay sets: `replay.replay_per_concept` teacher samples per concept; an automatic anchor
+    is never one in `avoid`. A class-conditional model has no prompts: a request that gives some is refused."""
     if prompts or anchor_prompts:
         raise ValueError("this generator is class-conditional: a request cannot give prompts")
     n, seed = replay.replay_per_concept, replay.seed
     steps, batch = sampling.steps, sampling.batch_size
     forget_images, _ = sample(generator, [concept], n, seed, steps, teacher, sampling.guidance, batch)
-    candidates = [c for c in generator.concepts if c != concept and c not in forgotten]
+    candidates = [c for c in generator.concepts if c != concept and c not in forgotten and c not in avoid]
     if anchor is None and not candidates:
-        raise ValueError("no retained concept is left to serve as an anchor")
+        raise ValueError(
+            "no retained concept is left to serve as an anchor"
+            + (f" (earlier attempts tried {', '.join(avoid)})" if avoid else "")
+        )
     retained = [c for c in generator.concepts if c != concept]
     retain_images, retain_labels = sample(
         generator, retained, n, seed, steps, teacher, sampling.guidance, batch, progress=progress

@@ -61,10 +61,11 @@ def distill_prompts(
     progress=None,
     prompts: tuple[str, ...] = (),
     anchor_prompts: tuple[str, ...] = (),
+    avoid: tuple[str, ...] = (),
 ) -> PromptReplay:
     """`replay.replay_per_concept` teacher latents per concept, spread over its prompts (at least one each).
     A request's own `prompts` replace the concept's for the forget set, its `anchor_prompts` the anchor's as
-    the teacher's target; held-out paraphrases are refused as either."""
+    the teacher's target; held-out paraphrases are refused as either. An automatic anchor is never in `avoid`."""
     if concept == anchor:
         raise ValueError(f"the anchor must differ from the concept ({concept!r})")
     generator.labels([concept] + ([anchor] if anchor else []))
@@ -84,9 +85,12 @@ def distill_prompts(
     forget_x0, forget_prompts = render(list(prompts) or generator.prompts_of(concept))
     candidates = []  # the judge is only needed to choose an anchor
     if anchor is None:
-        candidates = [c for c in generator.concepts if c not in (concept, *forgotten) and c in judge.concepts]
+        candidates = [c for c in generator.concepts if c not in (concept, *forgotten, *avoid) and c in judge.concepts]
         if not candidates:
-            raise ValueError("no retained concept is left to serve as an anchor")
+            raise ValueError(
+                "no retained concept is left to serve as an anchor"
+                + (f" (earlier attempts tried {', '.join(avoid)})" if avoid else "")
+            )
     retained = [c for c in generator.concepts if c != concept]
     retain = []
     for i, c in enumerate(retained):

@@ -30,9 +30,11 @@ def replay(
     progress=None,
     prompts: tuple[str, ...] = (),
     anchor_prompts: tuple[str, ...] = (),
+    avoid: tuple[str, ...] = (),
 ):
     """The request's replay sets, rendered by the teacher (the production model); a request's own `prompts`
-    and `anchor_prompts` replace the concept file's (kinds without prompts refuse them)."""
+    and `anchor_prompts` replace the concept file's (kinds without prompts refuse them). The automatic anchor
+    is chosen among retained concepts not in `avoid` (the anchors earlier attempts of the request tried)."""
     if generator.kind not in REPLAY:
         raise ValueError(f"no replay for generator kind {generator.kind!r}; known: {', '.join(REPLAY)}")
     return REPLAY[generator.kind](
@@ -47,6 +49,7 @@ def replay(
         progress,
         prompts=tuple(prompts),
         anchor_prompts=tuple(anchor_prompts),
+        avoid=tuple(avoid),
     )
 
 

@@ -77,11 +77,32 @@ def _inbox_objects(tx: Transaction) -> None:
     )
 
 
+def _obligations(tx: Transaction) -> None:
+    """A request's deadline, the record of its escalation ladder, a person's overrides for its next attempts,
+    and the decisions people took on it (approve, cancel, retry), each with who, when and why."""
+    present = tx.columns("requests")
+    for name, kind in (
+        ("due_at", "TEXT"),
+        ("attempt_log", "TEXT NOT NULL DEFAULT '[]'"),
+        ("overrides", "TEXT NOT NULL DEFAULT '{}'"),
+        ("ladder_start", "INTEGER NOT NULL DEFAULT 1"),
+    ):
+        if name not in present:
+            tx.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+    key = "id INTEGER PRIMARY KEY AUTOINCREMENT" if tx.kind == "sqlite" else "id BIGSERIAL PRIMARY KEY"
+    tx.execute(
+        f"CREATE TABLE IF NOT EXISTS decisions ({key}, request_id INTEGER NOT NULL, action TEXT NOT NULL, "
+        "version TEXT, by_user TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL "
+        "DEFAULT '{}')"
+    )
+
+
 # (version, what it does, how): append only; a released migration never changes.
 MIGRATIONS: list[tuple[int, str, Callable[[Transaction], None]]] = [
     (1, "the requests table and its state index", _requests_table),
     (2, "a request's own prompts and anchor prompts (JSON lists)", _request_prompts),
     (3, "the S3 inbox's record of the objects it has read", _inbox_objects),
+    (4, "deadlines, the escalation ladder's attempt log, overrides and people's decisions", _obligations),
 ]
 
 

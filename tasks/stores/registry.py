@@ -291,6 +291,10 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), key, str(value))
 
+    def log_metric(self, version: str, key: str, value: float) -> None:
+        """Add a metric to the run that registered `version` (e.g. the time its request waited for it)."""
+        self.client.log_metric(self.version(version).run_id, key, value)
+
     def promote(self, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
 

@@ -20,7 +20,14 @@ from lethe.tasks.stores.queue import RequestQueue, RequestRefused, check_note
 from lethe.tasks.stores.s3 import split_s3_url
 
 MAX_OBJECT_BYTES = 64 * 1024
-FIELDS = {"concept": str, "anchor": (str, type(None)), "note": str, "prompts": list, "anchor_prompts": list}
+FIELDS = {
+    "concept": str,
+    "anchor": (str, type(None)),
+    "note": str,
+    "prompts": list,
+    "anchor_prompts": list,
+    "due": str,  # ISO date or time; default: deadlines.days after it is queued
+}
 
 
 @dataclass
@@ -52,8 +59,9 @@ def parse_request(body: bytes) -> dict:
     return data
 
 
-def ingest_inbox(queue: RequestQueue, generator, client, inbox: str) -> InboxReport:
-    """Queue every new request object under `inbox` (s3://BUCKET/PREFIX), in key order."""
+def ingest_inbox(queue: RequestQueue, generator, client, inbox: str, deadline_days: int) -> InboxReport:
+    """Queue every new request object under `inbox` (s3://BUCKET/PREFIX), in key order; an object without a
+    `due` date is due `deadline_days` after it is queued."""
     bucket, prefix = split_s3_url(inbox)
     base = f"{prefix}/" if prefix else ""
     report = InboxReport()
@@ -76,6 +84,8 @@ def ingest_inbox(queue: RequestQueue, generator, client, inbox: str) -> InboxRep
                 fields.get("prompts", ()),
                 fields.get("anchor_prompts", ()),
                 origin=origin,
+                due_at=fields.get("due"),
+                deadline_days=deadline_days,
             )
         except RequestRefused as refused:
             queue.refuse_inbox_object(origin, str(refused))  # no-op when another reader recorded it first

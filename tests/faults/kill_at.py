@@ -56,6 +56,10 @@ def arm(point: str) -> None:
         "version-created": lambda: kill_after(mlflow.MlflowClient, "create_model_version"),
         "alias-moved": lambda: kill_after(Registry, "promote"),
         "queue-updated": lambda: kill_after(RequestQueue, "complete"),
+        "attempt-rejected": lambda: kill_after(
+            Registry, "register", lambda self, key, **k: k.get("tags", {}).get("gate") == "failed"
+        ),
+        "attempt-escalated": lambda: kill_after(RequestQueue, "escalate"),
         "none": lambda: None,
     }
     if point not in points:
@@ -73,6 +77,7 @@ POINTS = (
     "alias-moved",
     "queue-updated",
 )
+LADDER_POINTS = ("attempt-rejected", "attempt-escalated")  # reached only when an attempt fails its gates
 
 if __name__ == "__main__":
     arm(sys.argv[1])
