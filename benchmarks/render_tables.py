@@ -1052,6 +1052,62 @@ def long_markdown(rows: list[dict], plots: Path) -> str:
     return "\n".join(out)
 
 
+def world_markdown(rows: list[dict], plots: Path) -> str:
+    """The embedded world per domain: the judge on real test images and the base's samples judged."""
+    domains = sorted({d for r in rows for d in r["base_samples_by_domain"]})
+    body = [
+        [
+            r["name"],
+            str(r["concepts"]),
+            *(pct(r["judge_on_real_by_domain"].get(d)) for d in domains),
+            *(pct(r["base_samples_by_domain"].get(d)) for d in domains),
+        ]
+        for r in rows
+    ]
+    header = ["world", "concepts", *(f"judge on real: {d}" for d in domains), *(f"base samples: {d}" for d in domains)]
+    info = rows[-1]
+    return "\n".join(
+        [
+            "## Embedded world",
+            "",
+            f"`{info['command']}` per row, {info['samples_per_concept']} base samples per concept judged by the "
+            "row's own judge; on " + info["machine"] + ".",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
+def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
+    """The real pipeline on a sequence with automatic anchors: fulfilled requests and what the ladder cost."""
+    body = [
+        [
+            r["sequence"],
+            str(r["requests"]),
+            f"{r['done']} ({pct(r['fulfilment_rate'])})",
+            str(r["done_first_attempt"]),
+            str(r["extra_attempts"]),
+            f"{r['extra_minutes']:.1f}",
+            f"{r['batch_minutes']:.1f}",
+            "; ".join(f"{x['concept']} {x['state']} after {x['attempts']}" for x in r["rows"] if x["attempts"] > 1)
+            or "-",
+        ]
+        for r in rows
+    ]
+    header = ["sequence", "requests", "done", "on 1st attempt", "extra attempts", "extra min", "batch min", "laddered"]
+    return "\n".join(
+        [
+            "## Fulfilment (issue 16)",
+            "",
+            f"`{rows[-1]['command']}`; {rows[-1]['machine']}.",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -1077,6 +1133,8 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
         ("long-sequence.json", long_markdown),
+        ("world.json", world_markdown),
+        ("fulfilment.json", fulfilment_markdown),
     ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):
             continue  # the ten-request floors include the five-request ones

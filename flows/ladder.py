@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 
-from lethe.flows.unlearn import Context, unlearn_request
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.steps.escalation import AttemptPlan, max_attempts, plan_attempt
 from lethe.tasks.stores.queue import Request
@@ -28,7 +28,10 @@ class Interrupted(Exception):
         self.report = report
 
 
-def plan_of(ctx: Context, request: Request) -> AttemptPlan:
+Step = Callable  # flows.unlearn.unlearn_request: (ctx, request, plan) -> the attempt's report
+
+
+def plan_of(ctx, request: Request) -> AttemptPlan:
     """The running attempt's plan, from the request's record (so a resumed attempt gets the same one)."""
     earlier = [r.get("anchor") for r in request.attempt_log if r.get("attempt", 0) >= request.ladder_start]
     s = ctx.settings
@@ -83,11 +86,11 @@ def every_reason(log: list[dict]) -> str:
     )
 
 
-def attempt(ctx: Context, request: Request, plan: AttemptPlan, logger) -> dict:
+def attempt(ctx, request: Request, plan: AttemptPlan, step: Step, logger) -> dict:
     """One attempt's report. An error in the step is the attempt's failure (with the error as its reason); an
     outage raises Interrupted after putting the request back to pending."""
     try:
-        return unlearn_request(ctx, request, plan)
+        return step(ctx, request, plan)
     except Exception as error:
         if is_outage(error):  # not the request's fault: it waits, and the batch stops (order is kept)
             reason = outage_reason(error)
@@ -114,9 +117,11 @@ def attempt(ctx: Context, request: Request, plan: AttemptPlan, logger) -> dict:
         }
 
 
-def fulfil(ctx: Context, request: Request, logger) -> tuple[Request, list[dict]]:
-    """Attempts at a claimed (running) request until one passes or the ladder ends; returns the request as it
-    ended (done or failed) and every attempt's report. Raises Interrupted on an outage."""
+def fulfil(ctx, request: Request, step: Step, logger) -> tuple[Request, list[dict]]:
+    """Attempts at a claimed (running) request, each one `step` (the batch's own unlearn_request flow: a
+    deployment loads the flow module from source, so the batch hands over its own function and Context class),
+    until one passes or the ladder ends; returns the request as it ended (done or failed) and every attempt's
+    report. Raises Interrupted on an outage."""
     reports = []
     escalation = ctx.settings.escalation
     while True:
@@ -126,7 +131,7 @@ def fulfil(ctx: Context, request: Request, logger) -> tuple[Request, list[dict]]
             return ctx.queue.fail(request.id, f"{every_reason(ladder_log(request))} | {beyond}".strip(" |")), reports
         logger.info("request %s, attempt %s: %s", request.id, plan.attempt, plan.why)
         started = time.monotonic()
-        report = attempt(ctx, request, plan, logger)
+        report = attempt(ctx, request, plan, step, logger)
         record = record_of(plan, report, time.monotonic() - started)
         reports.append({**report, "why": plan.why})
         if report["promoted"]:

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lethe.flows.alerts import alert, batch_message, failed_message, mlflow_pointer, overdue_message, table_artefact
+from lethe.flows.ladder import Interrupted, fulfil
 from lethe.flows.process import configure_process
 from lethe.flows.progress import reporter
 from lethe.models.adapter_stack import AdapterStack
@@ -595,7 +596,6 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
     same workspace touches nothing."""
     settings = batch_settings(params_file, workspace)
     configure_process(settings, os.environ)
-    from lethe.flows.ladder import Interrupted, fulfil  # it builds on this module's unlearn_request
 
     ws = Workspace.open(settings)
     logger = get_run_logger()
@@ -624,7 +624,7 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
                 break
             done += 1
             try:
-                request, attempts = fulfil(ctx, request, logger)
+                request, attempts = fulfil(ctx, request, unlearn_request, logger)
             except Interrupted as stop:
                 reports.append(stop.report)
                 break

@@ -142,7 +142,7 @@ def test_one_request_end_to_end(tiny_pipeline, prefect_harness, capsys):
     step = max(found, key=lambda artifact: artifact.created)
     assert "forget `trouser`" in step.data and "promoted to production" in step.data
     newest = max(batch, key=lambda artifact: artifact.created)
-    assert "| 1 | trouser | 2 | promoted |" in newest.data
+    assert "| 1 | trouser | 1 | 2 | promoted |" in newest.data
 
     # a second request for the same concept is refused
     assert run_cli("request", "add", "trouser") == 2
@@ -181,4 +181,10 @@ def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, pre
     assert rejected.tags["gate"] == "failed" and "retained accuracy fell" in rejected.tags["gate_reasons"]
     request = RequestQueue(ws.queue_db).get(1)
     assert request.state == "failed" and "retained accuracy fell" in request.reasons
-    assert request.anchor  # chosen automatically, recorded
+    # the ladder tried three times, each attempt a rejected version, each automatic anchor a new one
+    attempts = [registry.version(v) for v in ("2", "3", "4")]
+    assert [v.tags["attempt"] for v in attempts] == ["1", "2", "3"] and all(v.tags["gate"] == "failed" for v in attempts)
+    anchors = [a["anchor"] for a in request.attempt_log]
+    assert len(set(anchors)) == 3 and [v.tags["anchor"] for v in attempts] == anchors
+    assert [a["steps"] for a in request.attempt_log] == [6, 6, 12] and "attempt 3" in request.reasons
+    assert request.anchor is None  # still automatic: a retry starts from the automatic rule again

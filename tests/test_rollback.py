@@ -27,7 +27,7 @@ def test_rollback_restores_the_previous_production_bit_exactly(tiny_pipeline, pr
         assert run_cli("request", "add", concept) == 0
     assert run_cli("run") == 0
     # a third step that fails its gates: registered, never production
-    run_cli.change(gates__retain_ratio_min=1e9)
+    run_cli.change(gates__retain_ratio_min=1e9, escalation__attempts=1)  # one attempt: one rejected version
     assert run_cli("request", "add", "bag") == 0
     assert run_cli("run") == 0
     rows = lineage(run_cli, capsys)

@@ -295,4 +295,4 @@ def test_triggered_run_goes_through_a_process_worker(api, lethe, processes, tmp_
     assert flow_run.state.type == StateType.COMPLETED, f"{flow_run.state}\n{_tail(log)}"
     assert flow_run.parameters["workspace"] == str(workspace)
     done = queue.get(request.id)
-    assert (done.state, done.version, done.anchor) == ("done", "2", "dress"), (done, _tail(log))
+    assert (done.state, done.version, done.anchor) == ("done", "2", "dress"), (done.reasons, _tail(log))
