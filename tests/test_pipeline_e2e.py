@@ -183,7 +183,9 @@ def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, pre
     assert request.state == "failed" and "retained accuracy fell" in request.reasons
     # the ladder tried three times, each attempt a rejected version, each automatic anchor a new one
     attempts = [registry.version(v) for v in ("2", "3", "4")]
-    assert [v.tags["attempt"] for v in attempts] == ["1", "2", "3"] and all(v.tags["gate"] == "failed" for v in attempts)
+    assert [v.tags["attempt"] for v in attempts] == ["1", "2", "3"] and all(
+        v.tags["gate"] == "failed" for v in attempts
+    )
     anchors = [a["anchor"] for a in request.attempt_log]
     assert len(set(anchors)) == 3 and [v.tags["anchor"] for v in attempts] == anchors
     assert [a["steps"] for a in request.attempt_log] == [6, 6, 12] and "attempt 3" in request.reasons
