@@ -1070,8 +1070,10 @@ def world_markdown(rows: list[dict], plots: Path) -> str:
         [
             "## Embedded world",
             "",
-            f"`{info['command']}` per row, {info['samples_per_concept']} base samples per concept judged by the "
-            "row's own judge; on " + info["machine"] + ".",
+            "; ".join(f"`{r['command']}`" for r in rows) + f": {info['samples_per_concept']} base samples per "
+            "concept judged by the row's own judge (the first row: the artefacts before commit 1310015); on "
+            + info["machine"]
+            + ".",
             "",
             table(header, body),
             "",
