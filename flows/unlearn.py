@@ -9,7 +9,6 @@ import os
 import tempfile
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -24,7 +23,7 @@ from lethe.models.adapter_stack import AdapterStack
 from lethe.tasks.images import concept_grid
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
 from lethe.tasks.operations.consistency import check_agreement
-from lethe.tasks.operations.deadlines import flags
+from lethe.tasks.operations.deadlines import flags, hours_since
 from lethe.tasks.operations.lineage import lineage
 from lethe.tasks.operations.lineage_report import lineage_plot
 from lethe.tasks.operations.rollback import ancestors
@@ -276,11 +275,6 @@ def finish_registered(ctx: Context, request: Request, registered) -> dict:
         "reasons": reasons,
         "resumed": True,
     }
-
-
-def hours_since(moment: str) -> float:
-    """Hours from an ISO time (a request's arrival) to now."""
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(moment)).total_seconds() / 3600
 
 
 @flow(name="lethe-unlearn-request", log_prints=True)

@@ -28,6 +28,11 @@ def when(moment: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def hours_since(moment: str, now: datetime | None = None) -> float:
+    """Hours from an ISO time (a request's arrival) to `now`."""
+    return ((now or datetime.now(timezone.utc)) - when(moment)).total_seconds() / 3600
+
+
 def due_of(request: Request, deadlines: DeadlineSettings) -> datetime:
     """The request's own due date, or its arrival plus `deadlines.days`."""
     return when(request.due_at) if request.due_at else when(request.created_at) + timedelta(days=deadlines.days)

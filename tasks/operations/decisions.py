@@ -6,8 +6,7 @@ certificate show it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from lethe.tasks.operations.deadlines import hours_since
 from lethe.tasks.stores.queue import DONE, FAILED, Decision, RequestQueue, RequestRefused, check_reason
 from lethe.tasks.stores.registry import Registry
 
@@ -85,8 +84,7 @@ def approve(
         str(version),
         {"approved_by": by, "approved_at": decision.at, "approved_reason": reason[:500], **decision_tag(decision)},
     )
-    hours = (datetime.now(timezone.utc) - datetime.fromisoformat(request.created_at)).total_seconds() / 3600
-    registry.log_metric(str(version), "request_to_production_hours", hours)
+    registry.log_metric(str(version), "request_to_production_hours", hours_since(request.created_at))
     return decision, numbers
 
 

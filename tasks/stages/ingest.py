@@ -30,16 +30,21 @@ class MissingSource(RuntimeError):
     """A raw data set is not installed on this machine."""
 
 
-def fashion_source(folder: Path) -> Path:
-    """The folder of the Debian package's idx files (`paths.fashion_mnist`), checked."""
-    missing = [f for f in FASHION_FILES if not (folder / f).is_file()]
+def packaged_folder(folder: Path, files: tuple[str, ...], what: str, packages: str, setting: str) -> Path:
+    """`folder`, checked to hold every one of `files`; otherwise how to install the Debian `packages`."""
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise MissingSource(
-            f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}). Install it with\n"
-            "  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist\n"
-            "or set paths.fashion_mnist (LETHE_PATHS__FASHION_MNIST) to a folder holding the four idx .gz files."
+            f"{what} not found in {folder} (missing {', '.join(missing)}). Install with\n"
+            f"  sudo apt-get update && sudo apt-get install -y {packages}\n"
+            f"or set paths.{setting} (LETHE_PATHS__{setting.upper()}) to a folder holding those files."
         )
     return folder
+
+
+def fashion_source(folder: Path) -> Path:
+    """The folder of the Debian package's idx files (`paths.fashion_mnist`), checked."""
+    return packaged_folder(folder, FASHION_FILES, "Fashion-MNIST", "dataset-fashion-mnist", "fashion_mnist")
 
 
 def digits_source() -> Path:
@@ -55,14 +60,7 @@ def digits_source() -> Path:
 
 def fonts_source(folder: Path) -> Path:
     """The folder of the DejaVu font files (`paths.fonts`), checked."""
-    missing = [f for f in FONT_FILES if not (folder / f).is_file()]
-    if missing:
-        raise MissingSource(
-            f"DejaVu fonts not found in {folder} (missing {', '.join(missing)}). Install them with\n"
-            "  sudo apt-get update && sudo apt-get install -y fonts-dejavu-core fonts-dejavu-extra\n"
-            "or set paths.fonts (LETHE_PATHS__FONTS) to a folder holding those .ttf files."
-        )
-    return folder
+    return packaged_folder(folder, FONT_FILES, "DejaVu fonts", "fonts-dejavu-core fonts-dejavu-extra", "fonts")
 
 
 def _copy(src: Path, dst: Path) -> None:
