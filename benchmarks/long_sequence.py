@@ -14,7 +14,9 @@ Per step: forget accuracy of every concept forgotten so far, retained accuracy r
 cost (replay + training + consolidation seconds; the evaluation is not part of it) and the sampling cost of the
 model after the step against the base's: FLOPs of one denoising pass (deterministic) and wall time of
 `sampling.batch_size` samples, timed alternately with the base (median ratio of `--timing-repeats` pairs).
-Rows go to `results/long-sequence.json` after each step, so an interrupted run keeps what it finished.
+Rows go to `results/long-sequence.json` after each step, and the model after each step to
+`benchmarks/checkpoints/long-sequence-<name>/` (safetensors), so an interrupted run started again with the same
+command resumes after its last finished step (the parent measurement the gates compare with is measured again).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -37,6 +40,7 @@ from benchmarks.continual import RESULTS, Bench, machine, parse_overrides, write
 from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
+from lethe.models.generator import Generator  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
@@ -157,13 +161,54 @@ def unconsolidated(stack: AdapterStack) -> int:
     return sum(not name.startswith("consolidated") for name in stack.names)
 
 
-def run(bench: Bench, method: str, every: int, name: str, args, save) -> list[dict]:
+CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
+
+
+def write_checkpoint(folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors) -> None:
+    """The model after `step` (generator and stack as safetensors) and where the sequence stands; whole or
+    absent (written aside, then renamed over the previous one)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    generator.save(partial / "generator")
+    stack.save(partial / "stack")
+    state = {**identity, "step": step, "forgotten": forgotten, "anchors": anchors}
+    (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: str):
+    """(rows, generator, stack, forgotten, anchors, parent measurement, next step) from a checkpoint of the same
+    run whose rows are all in `kept`; None to start from the first request."""
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    rows = sorted((r for r in kept if r["method"] == name), key=lambda r: r["step"])
+    if {k: state.get(k) for k in identity} != identity or [r["step"] for r in rows] != list(range(state["step"] + 1)):
+        print(f"checkpoint {folder} is from another run or its rows are missing: starting from request 1")
+        return None
+    generator, stack = Generator.from_folder(folder / "generator"), AdapterStack.load(folder / "stack")
+    forgotten, anchors = state["forgotten"], state["anchors"]
+    parent = bench.eval.measure(generator, stack, forgotten, forgotten)
+    print(f"{name}: resuming after request {state['step']} from {folder}", flush=True)
+    return rows, generator, stack, forgotten, anchors, parent, state["step"] + 1
+
+
+def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list[dict]) -> list[dict]:
     """Every request of the sequence for one method; Lethe consolidates every `every` requests (0: never)."""
     settings = bench.settings
     base_flops = denoising_flops(bench.base, None)
     rows = [dict(bench.base_row(name, settings.train.seed), flops_ratio=1.0, sampling_ratio=1.0)]
     generator, stack, forgotten, anchors, parent = copy.deepcopy(bench.base), AdapterStack(), [], {}, bench.eval.base
+    first = 1
+    checkpoint = CHECKPOINTS / f"long-sequence-{name}"
+    identity = {"method": method, "every": every, "sequence": [list(pair) for pair in bench.sequence]}
+    resumed = resume(bench, checkpoint, identity, kept, name)
+    if resumed:
+        rows, generator, stack, forgotten, anchors, parent, first = resumed
     for step, (concept, anchor) in enumerate(bench.sequence, start=1):
+        if step < first:
+            continue
         started = time.time()
         generator, stack, trainable, train_seconds, anchor, extra = bench.train_step(
             method, generator, stack, concept, anchor, forgotten, settings, name=f"request-{step}"
@@ -220,6 +265,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save) -> list[di
             flush=True,
         )
         save(rows)
+        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors)
     return rows
 
 
@@ -277,7 +323,7 @@ def main(argv=None) -> int:
     for method in methods:
         name = args.name or method
         others = [r for r in kept if r["method"] != name]
-        run(bench, method, every, name, args, lambda rows: write(others + [dict(r, **info) for r in rows], out))
+        run(bench, method, every, name, args, lambda rows: write(others + [dict(r, **info) for r in rows], out), kept)
         kept = json.loads(out.read_text())
     return 0
 

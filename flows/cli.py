@@ -284,6 +284,27 @@ def cmd_sample(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args, settings: Settings) -> int:
+    from lethe.tasks.operations.export_version import export_version
+
+    out = export_version(_registry(settings), args.version, args.format, args.out, settings.gates)
+    print(out)
+    return 0
+
+
+def cmd_verify_export(args, settings: Settings) -> int:
+    from lethe.tasks.model_sources import open_judge
+    from lethe.tasks.operations.verify_export import verify_export
+
+    judge = open_judge(settings.generator.judge, settings.paths.judge)
+    result = verify_export(args.folder, judge, args.n, args.seed)
+    print(json.dumps(result, indent=2))
+    if not result["passed"]:
+        print(f"error: export of version {result['version']} fails its forget check", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_rollback(args, settings: Settings) -> int:
     from lethe.tasks.operations.rollback import RollbackRefused, move_production
     from lethe.tasks.stores.batch_lock import BatchAlreadyRunning, batch_lock
@@ -587,6 +608,16 @@ def parser() -> argparse.ArgumentParser:
     smp.add_argument("--intensity", type=float, default=1.0, help="scale every adapter's ODE horizon (0 = base)")
     smp.add_argument("--out", required=True, help="FILE.png for a grid, FILE.npy for the raw float32 samples")
     smp.set_defaults(func=cmd_sample)
+    exp = sub.add_parser("export", help="write a registered version as a folder diffusers loads, with its provenance")
+    exp.add_argument("version", help="registered version, or `production`")
+    exp.add_argument("out", help="folder to write (must not exist, or be empty)")
+    exp.add_argument("--format", default="diffusers", help="diffusers (exact; lora and merged are not built yet)")
+    exp.set_defaults(func=cmd_export)
+    ver = sub.add_parser("verify-export", help="re-check an export's hashes and sample its forgotten concepts")
+    ver.add_argument("folder")
+    ver.add_argument("--n", type=int, default=16, help="samples per check prompt (per concept: class-conditional)")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.set_defaults(func=cmd_verify_export)
     sub.add_parser("demo", help="queue the demo requests of the settings, run them, print the lineage").set_defaults(
         func=cmd_demo
     )
@@ -607,7 +638,7 @@ def main(argv: list[str] | None = None, environ: MutableMapping[str, str] = os.e
     configure_process(settings, environ)
     try:
         return args.func(args, settings)
-    except (KeyError, ValueError, FileNotFoundError, IntegrityError) as error:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, IntegrityError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -163,11 +163,10 @@ class AdapterStack(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def save(self, folder: str | Path) -> Path:
-        """Config JSON + safetensors weights, like a diffusers model folder."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = [
+    def config(self) -> list[dict]:
+        """Every adapter in order: name, intensity, enabled, and per target its channels and ODE config (what
+        `save` writes and an exported UNet's config declares)."""
+        return [
             {
                 "name": name,
                 "intensity": slot.intensity,
@@ -179,7 +178,13 @@ class AdapterStack(nn.Module):
             }
             for name, slot in self.slots.items()
         ]
-        (folder / CONFIG_NAME).write_text(json.dumps({"format": FORMAT_VERSION, "adapters": config}, indent=2) + "\n")
+
+    def save(self, folder: str | Path) -> Path:
+        """Config JSON + safetensors weights, like a diffusers model folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"format": FORMAT_VERSION, "adapters": self.config()}
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, folder / WEIGHTS_NAME)
         return folder
