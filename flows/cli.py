@@ -285,10 +285,41 @@ def cmd_sample(args, settings: Settings) -> int:
 
 
 def cmd_export(args, settings: Settings) -> int:
-    from lethe.tasks.operations.export_version import export_version
+    if args.format == "diffusers":
+        from lethe.tasks.operations.export_version import export_version
 
-    out = export_version(_registry(settings), args.version, args.format, args.out, settings.gates)
-    print(out)
+        if args.kohya:
+            print("error: --kohya goes with --format lora", file=sys.stderr)
+            return 2
+        print(export_version(_registry(settings), args.version, args.out, settings.gates))
+        return 0
+    from lethe.tasks.model_sources import open_judge
+    from lethe.tasks.operations.export_distilled import ExportRefused, export_distilled
+    from lethe.tasks.stores.prepared_splits import load_split
+
+    s = settings
+    try:
+        result = export_distilled(
+            _registry(s),
+            args.version,
+            args.format,
+            args.out,
+            args.kohya,
+            open_judge(s.generator.judge, s.paths.judge),
+            load_split("test", s.paths.prepared),
+            load_split("train", s.paths.prepared),  # the recovery audit's attacker images
+            s.export,
+            s.eval,
+            s.recovery,
+            s.gates,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except ExportRefused as refused:
+        print(json.dumps(refused.result, indent=2))
+        print(f"refused: {refused}: {'; '.join(refused.result['reasons'])}. Nothing was written", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    print(args.out)
     return 0
 
 
@@ -611,7 +642,13 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a registered version as a folder diffusers loads, with its provenance")
     exp.add_argument("version", help="registered version, or `production`")
     exp.add_argument("out", help="folder to write (must not exist, or be empty)")
-    exp.add_argument("--format", default="diffusers", help="diffusers (exact; lora and merged are not built yet)")
+    exp.add_argument(
+        "--format",
+        default="diffusers",
+        choices=["diffusers", "lora", "merged"],
+        help="diffusers: exact, custom UNet code; lora, merged (text-to-image): distilled, gated on the artefact",
+    )
+    exp.add_argument("--kohya", action="store_true", help="with --format lora: kohya's key layout (web UIs)")
     exp.set_defaults(func=cmd_export)
     ver = sub.add_parser("verify-export", help="re-check an export's hashes and sample its forgotten concepts")
     ver.add_argument("folder")

@@ -432,6 +432,20 @@ class RecoverySettings(Section):
     resurrect_lr: Positive
 
 
+class ExportSettings(Section):
+    """The distilled exports (`lethe export --format lora|merged`): a LoRA fitted to the version's adapted UNet."""
+
+    lora_rank: PositiveInt  # rank of every LoRA update (alpha = rank: the stock loaders' default scaling)
+    lora_scope: Literal["sites", "decoder"]  # sites: layers inside the modules the adapters rewrite; decoder: mid+up
+    replay_per_concept: PositiveInt  # the version's own samples per concept, noised into the rows
+    rows: PositiveInt  # noised rows (x_t, t, text) whose adapted-UNet outputs the LoRA is fitted to
+    uncond_share: Annotated[float, Field(ge=0.0, lt=1.0)]  # rows on the empty prompt (guidance's other branch)
+    steps: PositiveInt  # Adam steps of the fit
+    batch_size: PositiveInt
+    lr: Positive
+    seed: int
+
+
 class Settings(Section):
     paths: PathSettings
     generator: GeneratorSettings
@@ -458,6 +472,7 @@ class Settings(Section):
     escalation: EscalationSettings
     notify: NotifySettings
     deadlines: DeadlineSettings
+    export: ExportSettings
 
     @model_validator(mode="after")
     def _intensity_rung_raises_the_horizon(self):

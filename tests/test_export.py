@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -30,12 +31,20 @@ from lethe.tasks.steps.train_adapter import train_adapter
 from lethe.tasks.stores.integrity import file_sha256
 from lethe.tasks.stores.registry import Registry
 from lethe.tasks.workspace import Workspace
-from tests.conftest import Lethe, ode_config, shipped_settings, small_settings, write_settings
-from tests.sd_folder import tiny_text_to_image
+from tests.conftest import Lethe, ode_config, shipped_settings, small_settings, tiny_pipeline_settings, write_settings
+from tests.sd_folder import tiny_sd_folder, tiny_text_to_image
 from tests.servers import server_process
 
 pytestmark = pytest.mark.slow
 BASE, JUDGE = shipped_settings().paths.base, shipped_settings().paths.judge
+TEXT_CONCEPTS = {
+    "concepts": [
+        {"name": "trouser", "prompts": ["a photo of trousers", "a pair of trousers"], "held_out": ["a pair of pants"]},
+        {"name": "dress", "prompts": ["a dress"], "held_out": ["a summer dress"]},
+        {"name": "bag", "prompts": ["a leather bag"]},
+        {"name": "digit_3", "prompts": ["the digit 3"], "held_out": ["a handwritten three"]},
+    ]
+}
 
 # Runs in a fresh interpreter in which `import lethe` fails: what a serving stack without Lethe sees.
 LOADER = textwrap.dedent(
@@ -49,6 +58,8 @@ LOADER = textwrap.dedent(
     folder, out, ask = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
+    if ask.get("lora"):
+        pipe.load_lora_weights(ask["lora"], weight_name=ask.get("weight_name", "pytorch_lora_weights.safetensors"))
     if ask.get("resave"):
         pipe.save_pretrained(ask["resave"])
     common = dict(num_inference_steps=ask["steps"], guidance_scale=ask["guidance"])
@@ -258,9 +269,12 @@ def test_export_refuses_bad_input_and_writes_nothing(forgetting_version, tmp_pat
     assert cli("export", "2", str(taken)) == 2
     assert "already exists" in capsys.readouterr().err and [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert cli("export", "2", str(tmp_path / "lora"), "--format", "lora") == 2
-    assert "not built yet" in capsys.readouterr().err
-    assert cli("export", "2", str(tmp_path / "odd"), "--format", "onnx") == 2
-    assert "use one of diffusers" in capsys.readouterr().err
+    assert "is class-conditional: --format lora distils into a LoRA" in capsys.readouterr().err
+    assert cli("export", "2", str(tmp_path / "kohya"), "--kohya") == 2
+    assert "--kohya goes with --format lora" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli("export", "2", str(tmp_path / "odd"), "--format", "onnx")
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
     assert cli("export", "3", str(tmp_path / "rejected")) == 2
     assert "failed its gates (forget accuracy digit_3 0.40 > 0.10)" in capsys.readouterr().err
     assert cli("export", "99", str(tmp_path / "missing")) == 2
@@ -298,3 +312,100 @@ def test_mlflow_serves_the_production_version_over_rest(forgetting_version, tmp_
     trouser = generator.sample_requests(["trouser"], 2, 3, sp.steps, stack, sp.guidance, sp.batch_size)
     dress = generator.sample_requests(["dress"], 1, 0, sp.steps, stack, sp.guidance, sp.batch_size)
     assert torch.equal(images, torch.cat([trouser, dress]))
+
+
+@pytest.fixture(scope="module")
+def text_version(tmp_path_factory, tiny_generator_dir, prefect_harness):
+    """A tiny text-to-image workspace (tests/test_text_pipeline.py's) with one promoted request, trouser."""
+    root = tmp_path_factory.mktemp("export-text")
+    folder = tiny_sd_folder(root)
+    (root / "concepts.yaml").write_text(yaml.safe_dump(TEXT_CONCEPTS))
+    settings = tiny_pipeline_settings(root, tiny_generator_dir).override(
+        {
+            "generator.folder": str(folder),
+            "generator.kind": "text-to-image",
+            "generator.concepts": str(root / "concepts.yaml"),
+            "generator.judge": "tests.plugin_judge:tiny_judge",
+            "gates.held_out_forget_acc_max": 1.0,
+            "sampling.steps": 3,
+            "sampling.guidance": 2.0,
+            "adapter.placement": "fixed",
+            "adapter.targets": ["mid_block", "up_blocks.1"],
+            "export.replay_per_concept": 2,
+            "export.rows": 96,
+            "export.steps": 60,
+            "export.batch_size": 16,
+            "export.lr": 0.01,
+        }
+    )
+    cli = Lethe(write_settings(settings, root / "params.yaml"))
+    assert cli("request", "add", "trouser", "--anchor", "dress") == 0
+    assert cli("run") == 0
+    return cli, folder
+
+
+def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(text_version, tmp_path, capsys):
+    cli, base = text_version
+    capsys.readouterr()
+    assert cli("export", "production", str(tmp_path / "lora"), "--format", "lora") == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    result = json.loads("\n".join(printed[:-1]))
+    assert printed[-1] == str(tmp_path / "lora")
+    assert result["passed"] and result["format"] == "lora" and result["lora_params"] > 0
+    lora = tmp_path / "lora"
+    assert sorted(p.name for p in lora.iterdir()) == [
+        "README.md",
+        "lethe_export.json",
+        "pytorch_lora_weights.safetensors",
+    ]
+    weights = load_file(lora / "pytorch_lora_weights.safetensors")
+    assert weights and all(k.startswith("unet.") and ".lora_" in k for k in weights)
+    assert {k.split(".")[1] for k in weights} <= {"mid_block", "up_blocks"}  # the adapters' sites only
+    manifest = json.loads((lora / MANIFEST_NAME).read_text())
+    assert manifest["evaluation"]["passed"] and manifest["weight_name"] == "pytorch_lora_weights.safetensors"
+    card = (lora / "README.md").read_text()
+    assert "Measured on this artefact" in card and "load_lora_weights" in card
+    with safe_open(lora / "pytorch_lora_weights.safetensors", framework="pt") as f:
+        assert f.metadata()["lethe.forgotten"] == "trouser"
+    # the base's UNet tensors hash as the manifest says the LoRA's base must
+    from diffusers import UNet2DConditionModel
+
+    from lethe.tasks.operations.export_version import state_sha256
+
+    assert state_sha256(UNet2DConditionModel.from_pretrained(base / "unet")) == manifest["base"]["unet_state_sha256"]
+
+    assert cli("export", "production", str(tmp_path / "kohya"), "--format", "lora", "--kohya") == 0
+    kohya = load_file(tmp_path / "kohya" / "lora_kohya.safetensors")
+    assert all(k.startswith("lora_unet_") for k in kohya) and any(k.endswith(".lora_down.weight") for k in kohya)
+    assert len([k for k in kohya if k.endswith(".lora_down.weight")]) * 2 == len(weights)
+
+    assert cli("export", "production", str(tmp_path / "merged"), "--format", "merged") == 0
+    merged = tmp_path / "merged"
+    assert not list(merged.rglob("*.py"))  # no custom code anywhere
+    assert json.loads((merged / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
+    # a Lethe-free process loads both: the LoRA onto the base, the merged folder as it is; they agree
+    ask = dict(prompt="a photo of trousers", n=2, steps=3, guidance=2.0, noise_seed=7)
+    merged_images, loaded = load_without_lethe(merged, tmp_path, **ask)
+    assert loaded == "StableDiffusionPipeline UNet2DConditionModel"
+    lora_images, _ = load_without_lethe(base, tmp_path, **ask, lora=str(lora))
+    base_images, _ = load_without_lethe(base, tmp_path, **ask)
+    assert (merged_images - lora_images).abs().max() < 1e-3  # fused = loaded, up to float rounding
+    assert not torch.equal(lora_images, base_images)
+    kohya_images, _ = load_without_lethe(
+        base, tmp_path, **ask, lora=str(tmp_path / "kohya"), weight_name="lora_kohya.safetensors"
+    )
+    assert (kohya_images - lora_images).abs().max() < 1e-3  # the same fit, in kohya's keys, loads alike
+
+
+def test_a_distilled_export_that_fails_the_gates_is_refused_with_its_numbers(text_version, tmp_path, capsys):
+    cli, _ = text_version
+    cli.change(gates__retain_ratio_min=50.0)  # no artefact can keep 50x the version's retained accuracy
+    try:
+        capsys.readouterr()
+        assert cli("export", "production", str(tmp_path / "merged"), "--format", "merged") == 1
+        captured = capsys.readouterr()
+        assert "retained accuracy fell" in captured.err and "Nothing was written" in captured.err
+        assert "forget accuracy, held-out paraphrases (max)" in json.loads(captured.out)["table"]
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        cli.change(gates__retain_ratio_min=0.0)

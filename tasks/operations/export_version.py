@@ -13,6 +13,7 @@ beside OUT under a temporary name and renamed into place last, so an export is w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -31,8 +33,7 @@ from lethe.tasks.settings import GateSettings
 from lethe.tasks.stores.integrity import MANIFEST_TAG, file_sha256
 from lethe.tasks.stores.registry import Registry
 
-FORMATS = ("diffusers",)
-PLANNED = ("lora", "merged")  # issue 17: distilled, runtime-free exports (not built yet)
+FORMATS = ("diffusers", "lora", "merged")  # exact; distilled (tasks/operations/export_distilled.py)
 MANIFEST_NAME = "lethe_export.json"
 CARD_NAME = "README.md"
 MANIFEST_FORMAT = 1
@@ -40,6 +41,28 @@ CLASS_PIPELINE = "class_pipeline"  # models/class_pipeline.py, copied to a class
 PIPELINES = {"text-to-image": "StableDiffusionPipeline", "class-conditional": [CLASS_PIPELINE, "LetheClassPipeline"]}
 UNETS = {"text-to-image": "LetheUNet2DConditionModel", "class-conditional": "LetheUNet2DModel"}
 CHECK_PROMPTS_PER_CONCEPT = 4
+# Per format: what the folder is, and how it goes wrong silently.
+LOADING = {
+    "diffusers": (
+        "Each request added a small Neural-ODE adapter to a frozen base; this folder carries the base's weights and "
+        f"every adapter, and the UNet's own code applies them. Loading needs diffusers, transformers, torch and "
+        f"torchdiffeq, not Lethe: `trust_remote_code=True` runs `unet/{MODULE}.py` and `unet/ode_adapter.py` (read "
+        "them first; they import torch, diffusers, torchdiffeq and each other only).",
+        "Loading `unet/` with plain `UNet2DConditionModel.from_pretrained` (or `UNet2DModel`), or any loader that "
+        "ignores the custom code, silently drops the adapters and serves the **un-forgotten base**.",
+    ),
+    "lora": (
+        "This folder holds a LoRA distilled from the version's adapters, for the base named below; it needs no code "
+        "of Lethe's, only diffusers with peft (or a web UI, in kohya's layout).",
+        "The LoRA forgets only on the base it was fitted to (its UNet tensors' hash is below) and at scale 1.0; "
+        "loaded on another checkpoint, at a lower scale, or not at all, the **un-forgotten base** answers.",
+    ),
+    "merged": (
+        "This folder is a plain Stable-Diffusion pipeline whose UNet weights have a LoRA, distilled from the "
+        "version's adapters, fused into them: no custom code at all.",
+        "This UNet replaces the base's: any other copy of the base's UNet weights serves the **un-forgotten base**.",
+    ),
+}
 
 
 def lineage_chain(registry: Registry, registered) -> list:
@@ -109,9 +132,9 @@ def write_pipeline(generator, adapters, folder: Path) -> Path:
     return folder
 
 
-def stamp_metadata(folder: Path, metadata: dict[str, str]) -> None:
-    """Add string metadata (ModelSpec-style keys) to every safetensors file of the UNet, tensors unchanged."""
-    for path in sorted((folder / "unet").glob("*.safetensors")):
+def stamp_metadata(paths: list[Path], metadata: dict[str, str]) -> None:
+    """Add string metadata (ModelSpec-style keys) to safetensors files, tensors unchanged."""
+    for path in paths:
         with safe_open(path, framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             kept = f.metadata() or {}
@@ -120,7 +143,7 @@ def stamp_metadata(folder: Path, metadata: dict[str, str]) -> None:
 
 def card_text(facts: dict) -> str:
     """The model card: what was forgotten, on what base, with which gates, and how to load and verify it."""
-    kind = facts["generator_kind"]
+    kind, fmt = facts["generator_kind"], facts["export_format"]
     steps = "\n".join(
         f"| {s['version']} | {s['kind']} | {s['request_id'] or ''} | {s['concept'] or ''} | {s['anchor'] or ''} | "
         f"{s['gate']} | {s['metrics'].get('forget_acc_max', '')} | {s['metrics'].get('retain_acc_mean', '')} |"
@@ -150,28 +173,47 @@ def card_text(facts: dict) -> str:
             f'              batch_size={facts["sampling"]["batch_size"]}, output_type="pt").images\n```'
         )
     forgotten = ", ".join(facts["forgotten"]) or "nothing"
+    load, warning = LOADING[fmt]
+    if fmt == "lora":
+        usage = (
+            "```python\nfrom diffusers import DiffusionPipeline\n\n"
+            'pipe = DiffusionPipeline.from_pretrained("BASE")  # the base named under Provenance\n'
+            f'pipe.load_lora_weights("PATH", weight_name="{facts["weight_name"]}")  # needs peft\n'
+            "```"
+        )
+    elif fmt == "merged":
+        usage = usage.replace(", trust_remote_code=True", "")
+    measured = ""
+    if facts.get("evaluation"):
+        e = facts["evaluation"]
+        rows = "\n".join(f"| {k} | {v} |" for k, v in e["table"].items())
+        measured = f"""
+## Measured on this artefact
+
+An approximation of version {facts["version"]}: measured on the files as written, against the version itself,
+with the pipeline's evaluation and gates (all passed, or it would not have been written).
+
+| measure | value |
+|---|---|
+{rows}
+"""
     return f"""
-# Lethe version {facts["version"]} of `{facts["model_name"]}`
+# Lethe version {facts["version"]} of `{facts["model_name"]}` ({fmt})
 
 A {kind} diffusion generator from which Lethe removed: **{forgotten}** (deletion requests
-{", ".join(map(str, facts["requests"])) or "none"}). Each request added a small Neural-ODE adapter to a frozen
-base; this folder carries the base's weights and every adapter, and the UNet's own code applies them.
+{", ".join(map(str, facts["requests"])) or "none"}). {load}
 
 ## Load it
 
-Needs diffusers, transformers, torch and torchdiffeq; not Lethe. `trust_remote_code=True` runs `unet/{MODULE}.py`
-and `unet/ode_adapter.py` (read them first; they import torch, diffusers, torchdiffeq and each other only).
-
 {usage}
 
-> **Warning.** Loading `unet/` with plain `UNet2DConditionModel.from_pretrained` (or `UNet2DModel`), or any loader
-> that ignores the custom code, silently drops the adapters and serves the **un-forgotten base**. The manifest's
-> `check` lists prompts that reveal it: `lethe verify-export PATH` samples them and fails when a forgotten
-> concept comes back.
-
+> **Warning.** {warning} The manifest's `check` lists prompts that reveal a forgotten concept:
+> `lethe verify-export PATH` samples them and fails when one comes back.
+{measured}
 ## Provenance
 
-- Base: version {facts["base"]["version"]}, weights sha256 `{facts["base"]["weights_sha256"]}`
+- Base: version {facts["base"]["version"]}, weights sha256 `{facts["base"]["weights_sha256"]}`, UNet tensors
+  sha256 `{facts["base"]["unet_state_sha256"]}`
 - This version: {facts["version"]}, weights sha256 `{facts["weights_sha256"]}`, exported {facts["exported_at"]}
   by Lethe {facts["lethe_version"]}
 - Gates (forget accuracy at most {facts["gates"]["forget_acc_max"]}, retained accuracy at least
@@ -188,21 +230,8 @@ forgotten concepts from this folder; without Lethe, `sha256sum` each file agains
 """
 
 
-def export_version(
-    registry: Registry,
-    version: str | None,
-    fmt: str,
-    out: str | Path,
-    gates: GateSettings,
-) -> Path:
-    """Write version `version` (a number, or "production") to `out` in format `fmt`; returns `out`."""
-    if fmt in PLANNED:
-        raise ValueError(f"--format {fmt}: not built yet (issue 17); use --format diffusers, which is exact")
-    if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not an empty folder: choose a new path")
+def resolve_version(registry: Registry, version: str | None):
+    """The registered version (a number, or "production"), refused when it failed its gates unapproved."""
     if version in (None, "production"):
         production = registry.production()
         if production is None:
@@ -214,12 +243,22 @@ def export_version(
             f"version {version} failed its gates ({registered.tags.get('gate_reasons', '')}); only a version that "
             "passed them, or that a person approved, is exported"
         )
-    model = registry.pyfunc(version).unwrap_python_model()  # its weights checked against the registry first
-    generator, adapters, sampling = model.generator, model.adapters, dict(model.sampling)
+    return registered
+
+
+def check_new_folder(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder: choose a new path")
+    return out
+
+
+def version_facts(registry: Registry, registered, generator, adapters, sampling: dict, gates: GateSettings, fmt: str):
+    """What the card and the manifest say about a version, read from the registry back to the base."""
     chain = lineage_chain(registry, registered)
     forgotten = [c for c in registered.tags.get("forgotten", "").split(",") if c]
     steps = [_step(v) for v in chain]
-    facts = {
+    return {
         "format": MANIFEST_FORMAT,
         "export_format": fmt,
         "lethe_version": package_version("lethe-unlearning"),
@@ -228,7 +267,11 @@ def export_version(
         "weights_sha256": registered.tags.get(MANIFEST_TAG),
         "generator_kind": generator.kind,
         "concepts": list(generator.concepts),
-        "base": {"version": str(chain[-1].version), "weights_sha256": chain[-1].tags.get(MANIFEST_TAG)},
+        "base": {
+            "version": str(chain[-1].version),
+            "weights_sha256": chain[-1].tags.get(MANIFEST_TAG),
+            "unet_state_sha256": state_sha256(generator.unet),
+        },
         "requests": sorted({s["request_id"] for s in steps if s["request_id"] is not None}),
         "forgotten": forgotten,
         "adapters": adapters.names,
@@ -244,34 +287,68 @@ def export_version(
         "check": check_requests(generator, forgotten),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def state_sha256(module) -> str:
+    """A hash of a module's tensors by name, dtype, shape and bytes: the same weights hash alike whatever file
+    layout holds them (a LoRA names the base it applies to by this)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def metadata_of(facts: dict, architecture: str) -> dict[str, str]:
+    """The facts safetensors metadata carries (string values, ModelSpec-style keys)."""
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.implementation": "diffusers",
+        "modelspec.architecture": architecture,
+        "modelspec.title": f"{facts['model_name']} v{facts['version']} ({facts['export_format']})",
+        "modelspec.date": facts["exported_at"],
+        "lethe.version": facts["version"],
+        "lethe.requests": ",".join(map(str, facts["requests"])),
+        "lethe.forgotten": ",".join(facts["forgotten"]),
+        "lethe.base_weights_sha256": str(facts["base"]["weights_sha256"]),
+        "lethe.base_unet_state_sha256": facts["base"]["unet_state_sha256"],
+        "lethe.weights_sha256": str(facts["weights_sha256"]),
+    }
+
+
+def write_export(out: Path, facts: dict, build, architecture: str) -> Path:
+    """`build(folder)` writes the artefact and returns its weight files (or raises); then the metadata, the card
+    and the manifest. Written beside `out` under a temporary name and renamed last: whole or absent."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        write_pipeline(generator, adapters, partial)
-        stamp_metadata(
-            partial,
-            {
-                "modelspec.sai_model_spec": "1.0.0",
-                "modelspec.implementation": "diffusers",
-                "modelspec.architecture": f"lethe/{generator.kind}+ode-adapters",
-                "modelspec.title": f"{registry.model_name} v{registered.version}",
-                "modelspec.date": facts["exported_at"],
-                "lethe.version": str(registered.version),
-                "lethe.requests": ",".join(map(str, facts["requests"])),
-                "lethe.forgotten": ",".join(forgotten),
-                "lethe.base_weights_sha256": str(facts["base"]["weights_sha256"]),
-                "lethe.weights_sha256": str(facts["weights_sha256"]),
-            },
-        )
-        data = ModelCardData(library_name="diffusers", tags=["lethe", "unlearning", generator.kind])
+        partial.mkdir()
+        stamp_metadata(build(partial), metadata_of(facts, architecture))
+        data = ModelCardData(library_name="diffusers", tags=["lethe", "unlearning", facts["generator_kind"]])
         ModelCard(f"---\n{data.to_yaml()}\n---\n{card_text(facts)}").save(partial / CARD_NAME)
         files = {str(p.relative_to(partial)): file_sha256(p) for p in sorted(partial.rglob("*")) if p.is_file()}
         (partial / MANIFEST_NAME).write_text(json.dumps({**facts, "files": files}, indent=2) + "\n")
         if out.exists():
-            out.rmdir()  # empty, checked above
+            out.rmdir()  # empty, checked before
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def export_version(registry: Registry, version: str | None, out: str | Path, gates: GateSettings) -> Path:
+    """Write version `version` (a number, or "production") to `out` as an exact diffusers folder; returns `out`."""
+    out = check_new_folder(out)
+    registered = resolve_version(registry, version)
+    model = registry.pyfunc(registered.version).unwrap_python_model()  # weights checked against the registry
+    generator, adapters, sampling = model.generator, model.adapters, dict(model.sampling)
+    facts = version_facts(registry, registered, generator, adapters, sampling, gates, "diffusers")
+
+    def build(folder: Path) -> list[Path]:
+        write_pipeline(generator, adapters, folder)
+        return sorted((folder / "unet").glob("*.safetensors"))
+
+    return write_export(out, facts, build, f"lethe/{generator.kind}+ode-adapters")

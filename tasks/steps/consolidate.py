@@ -29,9 +29,9 @@ class ConsolidationResult:
 
 
 @torch.no_grad()
-def replay_rows(generator, stack: AdapterStack, consolidate: ConsolidateSettings, sampling: SamplingSettings):
-    """(clean inputs, conditioning) of `replay_per_concept` samples of every concept, drawn with the stack."""
-    n, seed = consolidate.replay_per_concept, consolidate.seed
+def replay_rows(generator, stack: AdapterStack, n: int, seed: int, sampling: SamplingSettings):
+    """(clean inputs, conditioning) of about n samples of every concept, drawn with the stack (a text-to-image
+    model's in latent space, conditioned on the text features of their prompts)."""
     if generator.kind == "class-conditional":
         images, labels = sample(
             generator, generator.concepts, n, seed, sampling.steps, stack, sampling.guidance, sampling.batch_size
@@ -70,7 +70,7 @@ def consolidate(
             "consolidation folds two or more"
         )
     generator.requires_grad_(False)
-    x0, cond = replay_rows(generator, stack, consolidate, sampling)
+    x0, cond = replay_rows(generator, stack, consolidate.replay_per_concept, consolidate.seed, sampling)
     rng = torch.Generator().manual_seed(consolidate.seed)
     idx = torch.randint(len(x0), (consolidate.rows,), generator=rng)
     x0, cond = x0[idx], cond[idx]
