@@ -1110,6 +1110,63 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
     )
 
 
+def export_markdown(rows: list[dict], plots: Path) -> str:
+    """The three export formats of one text-to-image version, measured on the exported artefacts."""
+    r = rows[-1]
+    exact = next(x for x in r["exports"] if x["format"] == "diffusers")
+    body = [
+        [
+            "diffusers (exact)",
+            f"{exact['seconds']:.1f}",
+            "bit-exact (tests/test_export.py)",
+            "-",
+            "-",
+            "-",
+            f"{exact['megabytes']:.1f} MB folder",
+            "written",
+        ]
+    ]
+    for x in r["exports"]:
+        if x["format"] == "diffusers":
+            continue
+        body.append(
+            [
+                x["format"],
+                f"{x['seconds']:.0f}",
+                pct(x["forget_max"]),
+                pct(x["held_out_forget_max"]),
+                f"{x['retain_vs_base']:.3f}",
+                str(x["table"]["share of the stack's change left unexplained"]),
+                f"LoRA {pct(x['lora_share'])} of the UNet" if x["format"] == "lora" else "plain UNet weights",
+                "written" if x["passed"] else "refused: " + "; ".join(x["reasons"]),
+            ]
+        )
+    header = [
+        "format",
+        "seconds",
+        "forget (prompts, max)",
+        "forget (held-out, max)",
+        "retained vs base",
+        "unexplained",
+        "size",
+        "gates",
+    ]
+    return "\n".join(
+        [
+            "## Export (issue 17)",
+            "",
+            f"Version {r['version']} of the embedded text-to-image model after the sequence's "
+            f"{len(r['sequence'].split(','))} requests ({r['sequence']}; forgotten: {', '.join(r['forgotten'])}); "
+            f"`{r['command'].strip()}`; {r['machine']}. Targets: exact export at most 120 s; "
+            "LoRA and merged: forget at most 5% on the prompts and 10% on held-out paraphrases, retained at least "
+            "0.97 of the base's, the LoRA at most 5% of the UNet.",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -1137,6 +1194,7 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("long-sequence.json", long_markdown),
         ("world.json", world_markdown),
         ("fulfilment.json", fulfilment_markdown),
+        ("export.json", export_markdown),
     ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):
             continue  # the ten-request floors include the five-request ones

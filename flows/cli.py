@@ -328,7 +328,7 @@ def cmd_verify_export(args, settings: Settings) -> int:
     from lethe.tasks.operations.verify_export import verify_export
 
     judge = open_judge(settings.generator.judge, settings.paths.judge)
-    result = verify_export(args.folder, judge, args.n, args.seed)
+    result = verify_export(args.folder, judge, args.n, args.seed, args.base)
     print(json.dumps(result, indent=2))
     if not result["passed"]:
         print(f"error: export of version {result['version']} fails its forget check", file=sys.stderr)
@@ -654,6 +654,7 @@ def parser() -> argparse.ArgumentParser:
     ver.add_argument("folder")
     ver.add_argument("--n", type=int, default=16, help="samples per check prompt (per concept: class-conditional)")
     ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--base", help="for a LoRA export: the Stable-Diffusion folder of the base it was fitted to")
     ver.set_defaults(func=cmd_verify_export)
     sub.add_parser("demo", help="queue the demo requests of the settings, run them, print the lineage").set_defaults(
         func=cmd_demo

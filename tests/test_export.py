@@ -131,10 +131,11 @@ def forgetting_version(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-registry")
     s = small_settings(
         paths__workspace=str(root / "ws"),
-        sampling__steps=10,
-        distill__replay_per_concept=16,
+        sampling__steps=8,
+        distill__replay_per_concept=8,
         train__steps=150,
         train__batch_size=32,
+        train__pool_rows=512,
         adapter__targets=["mid_block", "up_blocks.0"],
     )
     generator, judge = Generator.from_folder(BASE), Judge.load(JUDGE)
@@ -391,6 +392,15 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
     base_images, _ = load_without_lethe(base, tmp_path, **ask)
     assert (merged_images - lora_images).abs().max() < 1e-3  # fused = loaded, up to float rounding
     assert not torch.equal(lora_images, base_images)
+    # verify-export: the LoRA on its own base passes; on another base it is refused before any sampling
+    capsys.readouterr()
+    assert cli("verify-export", str(lora), "--base", str(base)) == 0
+    assert json.loads(capsys.readouterr().out)["passed"]
+    assert cli("verify-export", str(lora)) == 2
+    assert "--base FOLDER" in capsys.readouterr().err
+    assert cli("verify-export", str(lora), "--base", str(merged)) == 2
+    assert "is not the base this LoRA was fitted to" in capsys.readouterr().err
+    assert cli("verify-export", str(merged)) == 0
     kohya_images, _ = load_without_lethe(
         base, tmp_path, **ask, lora=str(tmp_path / "kohya"), weight_name="lora_kohya.safetensors"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lethe.models.text_generator import prompt_seed
-from lethe.tasks.operations.export_version import MANIFEST_NAME
+from lethe.tasks.operations.export_version import MANIFEST_NAME, state_sha256
 from lethe.tasks.steps.evaluate import judged_accuracy
 from lethe.tasks.stores.integrity import IntegrityError, file_sha256
 
@@ -56,12 +56,33 @@ def _text_samples(pipe, prompts: list[str], n: int, seed: int, sampling: dict) -
     return torch.cat(out)
 
 
-def forget_check(folder: Path, manifest: dict, judge, n: int, seed: int) -> dict[str, float]:
-    """Per forgotten concept (and, for text-to-image, per concept's held-out paraphrases), the share of the
-    export's samples the judge names as the concept."""
+def load_export(folder: Path, manifest: dict, base: Path | None):
+    """The export as a user loads it: a pipeline folder as it is; a LoRA onto its base, which must be the one
+    it was fitted to (the hash of its UNet tensors)."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
+    if manifest["export_format"] != "lora":
+        return DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
+    if base is None:
+        raise ValueError(
+            f"{folder} is a LoRA: name the base it applies to with --base FOLDER (a Stable-Diffusion folder whose "
+            f"UNet tensors hash to {manifest['base']['unet_state_sha256'][:16]}...)"
+        )
+    pipe = DiffusionPipeline.from_pretrained(str(base), trust_remote_code=True)
+    found = state_sha256(pipe.unet)
+    if found != manifest["base"]["unet_state_sha256"]:
+        raise IntegrityError(
+            f"{base}: its UNet is not the base this LoRA was fitted to (tensors sha256 {found[:16]}..., the manifest "
+            f"names {manifest['base']['unet_state_sha256'][:16]}...)"
+        )
+    pipe.load_lora_weights(str(folder), weight_name=manifest["weight_name"])
+    return pipe
+
+
+def forget_check(folder: Path, manifest: dict, judge, n: int, seed: int, base: Path | None = None) -> dict[str, float]:
+    """Per forgotten concept (and, for text-to-image, per concept's held-out paraphrases), the share of the
+    export's samples the judge names as the concept."""
+    pipe = load_export(folder, manifest, base)
     pipe.set_progress_bar_config(disable=True)
     sampling, concepts, found = manifest["sampling"], manifest["concepts"], {}
     for concept, check in manifest["check"].items():
@@ -87,12 +108,12 @@ def forget_check(folder: Path, manifest: dict, judge, n: int, seed: int) -> dict
     return found
 
 
-def verify_export(folder: str | Path, judge, n: int, seed: int) -> dict:
-    """Hashes, then the forget check; returns the numbers, with `passed` and the reasons it failed."""
+def verify_export(folder: str | Path, judge, n: int, seed: int, base: str | Path | None = None) -> dict:
+    """Hashes, then the forget check (a LoRA on `base`); returns the numbers, with `passed` and the reasons."""
     folder = Path(folder)
     manifest = check_files(folder)
     limits = manifest["gates"]
-    accuracy = forget_check(folder, manifest, judge, n, seed)
+    accuracy = forget_check(folder, manifest, judge, n, seed, Path(base) if base else None)
     reasons = [
         f"{name}: judged as itself on {acc:.1%} of {n} samples per check prompt (gate {limit:.0%})"
         for name, acc in accuracy.items()
