@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from lethe.tasks.model_sources import open_judge
     from lethe.tasks.operations.export_distilled import ExportRefused, export_distilled
     from lethe.tasks.settings import load_settings
+    from lethe.tasks.steps.evaluate import EvalCache
     from lethe.tasks.stores.prepared_splits import load_split
     from lethe.tasks.stores.registry import Registry
     from lethe.tasks.workspace import Workspace
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
             try:
                 result = export_distilled(
                     registry, "production", fmt, Path(tmp) / fmt, False, judge, real, attacker,
-                    s.export, s.eval, s.recovery, s.gates,
+                    s.export, s.eval, s.recovery, s.gates, EvalCache(Workspace.open(s).evals),
                 )  # fmt: skip
             except ExportRefused as refused:
                 result = refused.result

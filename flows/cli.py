@@ -295,6 +295,7 @@ def cmd_export(args, settings: Settings) -> int:
         return 0
     from lethe.tasks.model_sources import open_judge
     from lethe.tasks.operations.export_distilled import ExportRefused, export_distilled
+    from lethe.tasks.steps.evaluate import EvalCache
     from lethe.tasks.stores.prepared_splits import load_split
 
     s = settings
@@ -312,6 +313,7 @@ def cmd_export(args, settings: Settings) -> int:
             s.eval,
             s.recovery,
             s.gates,
+            EvalCache(Workspace.open(s).evals),  # the version's own evaluation samples, when cached
             log=lambda line: print(line, file=sys.stderr),
         )
     except ExportRefused as refused:

@@ -30,7 +30,7 @@ from lethe.tasks.operations.rollback import ancestors
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.settings import Settings, load_settings
 from lethe.tasks.steps.escalation import AttemptPlan
-from lethe.tasks.steps.evaluate import EvalCache, eval_key, generate_samples_task, score_task
+from lethe.tasks.steps.evaluate import HELD_OUT, EvalCache, eval_key, generate_samples_task, score_task
 from lethe.tasks.steps.fingerprint import sample_fingerprint
 from lethe.tasks.steps.gates import check_gates
 from lethe.tasks.steps.recovery_audit import ATTACKED, attacker_source, audit_recovery_task
@@ -74,9 +74,6 @@ class Context:
 def forgotten_of(version) -> list[str]:
     value = version.tags.get("forgotten", "")
     return [c for c in value.split(",") if c]
-
-
-HELD_OUT = "-held-out"  # the cache key suffix of held-out paraphrase samples
 
 
 def evaluation_samples(ctx: Context, generator, adapters, what: str) -> dict:

@@ -32,7 +32,7 @@ from lethe.tasks.operations.export_version import (
 )
 from lethe.tasks.settings import EvalSettings, ExportSettings, GateSettings, RecoverySettings, SamplingSettings
 from lethe.tasks.steps.consolidate import replay_rows
-from lethe.tasks.steps.evaluate import generate_samples, score
+from lethe.tasks.steps.evaluate import HELD_OUT, EvalCache, eval_key, generate_samples, score
 from lethe.tasks.steps.gates import check_gates
 from lethe.tasks.steps.recovery_audit import audit_recovery
 from lethe.tasks.stores.registry import Registry
@@ -97,9 +97,16 @@ def as_generator(pipe, generator) -> TextToImageGenerator:
     return loaded.with_concepts(generator.prompt_sets.values()).eval().requires_grad_(False)
 
 
-def evaluate(generator, adapters, forgotten, judge, real, attacker, ev, sampling, recovery, audit: bool) -> dict:
-    samples = generate_samples(generator, adapters, ev, sampling)
-    held = generate_samples(generator, adapters, ev, sampling, held_out=True) if generator.paraphrased else None
+def evaluate(
+    generator, adapters, forgotten, judge, real, attacker, ev, sampling, recovery, audit: bool, cached=None
+) -> dict:
+    """The pipeline's evaluation; `cached`: the version's own samples, {"main", "held_out"}, when the
+    workspace's evaluation cache holds them (the same eval and sampling settings)."""
+    cached = cached or {}
+    samples = cached.get("main") or generate_samples(generator, adapters, ev, sampling)
+    held = None
+    if generator.paraphrased:
+        held = cached.get("held_out") or generate_samples(generator, adapters, ev, sampling, held_out=True)
     scored = score(*samples, generator.concepts, judge, forgotten, *real, ev, sampling, held_out=held)
     if audit:
         scored["recovery"] = audit_recovery(generator, adapters, judge, forgotten, attacker, recovery, sampling)
@@ -132,6 +139,7 @@ def export_distilled(
     evaluation: EvalSettings,
     recovery: RecoverySettings,
     gates: GateSettings,
+    cache: EvalCache | None = None,
     log=print,
 ) -> dict:
     """Fit, write aside, load back, evaluate, gate; returns the numbers (raises ExportRefused when it fails)."""
@@ -183,7 +191,15 @@ def export_distilled(
         after = evaluate(
             as_generator(pipe, generator), None, forgotten, judge, real, attacker, evaluation, sampling, recovery, True
         )
-        before = evaluate(generator, adapters, forgotten, judge, real, attacker, evaluation, sampling, recovery, False)
+        key = eval_key(evaluation, sampling)
+        version_samples = {}
+        if cache is not None:
+            version_samples = {"main": cache.get(str(registered.version), key)}
+            version_samples["held_out"] = cache.get(str(registered.version), key + HELD_OUT)
+        before = evaluate(
+            generator, adapters, forgotten, judge, real, attacker, evaluation, sampling, recovery, False,
+            cached=version_samples,
+        )  # fmt: skip
         reasons = check_gates(after, before, gates)
         result.update(
             version=str(registered.version),

@@ -148,6 +148,9 @@ def score(
     return out
 
 
+HELD_OUT = "-held-out"  # the cache key suffix of held-out paraphrase samples
+
+
 class EvalCache:
     """Evaluation samples of registered versions, so a parent is not re-sampled for every child."""
 
