@@ -34,17 +34,10 @@ from lethe.tasks.workspace import Workspace
 from tests.conftest import Lethe, ode_config, shipped_settings, small_settings, tiny_pipeline_settings, write_settings
 from tests.sd_folder import tiny_sd_folder, tiny_text_to_image
 from tests.servers import server_process
+from tests.test_text_pipeline import CONCEPTS as TEXT_CONCEPTS  # the same four prompt sets
 
 pytestmark = pytest.mark.slow
 BASE, JUDGE = shipped_settings().paths.base, shipped_settings().paths.judge
-TEXT_CONCEPTS = {
-    "concepts": [
-        {"name": "trouser", "prompts": ["a photo of trousers", "a pair of trousers"], "held_out": ["a pair of pants"]},
-        {"name": "dress", "prompts": ["a dress"], "held_out": ["a summer dress"]},
-        {"name": "bag", "prompts": ["a leather bag"]},
-        {"name": "digit_3", "prompts": ["the digit 3"], "held_out": ["a handwritten three"]},
-    ]
-}
 
 # Runs in a fresh interpreter in which `import lethe` fails: what a serving stack without Lethe sees.
 LOADER = textwrap.dedent(
