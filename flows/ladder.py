@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from lethe.tasks.model_sources import generator_kind
 from lethe.tasks.outages import is_outage, outage_reason
 from lethe.tasks.steps.escalation import AttemptPlan, max_attempts, plan_attempt
 from lethe.tasks.stores.queue import Request
@@ -44,7 +45,14 @@ def plan_of(ctx, request: Request) -> AttemptPlan:
         s.train.steps,
         s.adapter.intensity,
         s.escalation,
+        rounds=s.train.adversarial.rounds,
+        hardenable=hardenable(ctx),
     )
+
+
+def hardenable(ctx) -> bool:
+    """Whether the recovery rung applies: adversarial rows exist for class-conditional models only."""
+    return generator_kind(ctx.settings.generator) == "class-conditional"
 
 
 def record_of(plan: AttemptPlan, report: dict, seconds: float) -> dict:
@@ -57,6 +65,7 @@ def record_of(plan: AttemptPlan, report: dict, seconds: float) -> dict:
         "anchor": report.get("anchor"),
         "steps": plan.steps,
         "intensity": plan.intensity,
+        "adversarial_rounds": plan.adversarial_rounds,
         "version": report.get("version"),
         "passed": bool(report.get("promoted")),
         "reasons": list(report.get("reasons", [])),
@@ -77,11 +86,16 @@ def ladder_log(request: Request, record: dict | None = None) -> list[dict]:
     return log
 
 
+def adversarial_note(record: dict) -> str:
+    rounds = record.get("adversarial_rounds", 0)  # absent from attempts logged before the recovery rung existed
+    return f", {rounds} adversarial rounds" if rounds else ""
+
+
 def every_reason(log: list[dict]) -> str:
     """A failed request's reasons: each attempt of its last ladder, what it tried and why it failed."""
     return " | ".join(
         f"attempt {r['attempt']} ({r['why']}; anchor {r.get('anchor') or '?'}, {r['steps']} steps, "
-        f"intensity {r['intensity']:g}): {'; '.join(r['reasons']) or 'failed'}"
+        f"intensity {r['intensity']:g}{adversarial_note(r)}): {'; '.join(r['reasons']) or 'failed'}"
         for r in log
     )
 
@@ -137,7 +151,7 @@ def fulfil(ctx, request: Request, step: Step, logger) -> tuple[Request, list[dic
         if report["promoted"]:
             done = ctx.queue.complete(request.id, report["version"], anchor=report.get("anchor"), record=record)
             return done, reports
-        limit = max_attempts(plan.anchor is not None, escalation)
+        limit = max_attempts(plan.anchor is not None, escalation, hardenable(ctx))
         spent = ladder_seconds(request) + record["seconds"]
         more = not report.get("error") and plan.rung + 1 < limit and spent < escalation.budget_minutes * 60
         if more:

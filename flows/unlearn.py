@@ -280,9 +280,11 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
     A version that passes its gates is promoted; the queue's transition is the caller's (flows/ladder.py)."""
     s = ctx.settings
     adapter = s.adapter.model_copy(update={"intensity": plan.intensity})  # the attempt's, as the ladder says
-    train = s.train.model_copy(update={"steps": plan.steps})
+    adversarial = s.train.adversarial.model_copy(update={"rounds": plan.adversarial_rounds})
+    train = s.train.model_copy(update={"steps": plan.steps, "adversarial": adversarial})
     logged = s.model_dump(mode="json")  # the settings this attempt ran with
     logged["adapter"]["intensity"], logged["train"]["steps"] = plan.intensity, plan.steps
+    logged["train"]["adversarial"]["rounds"] = plan.adversarial_rounds
     registered = ctx.registry.by_key(registration_key(request))
     if registered is not None:
         return finish_registered(ctx, request, registered)

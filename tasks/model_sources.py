@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from lethe.models.generator_kinds import load_generator
+from lethe.models.generator_kinds import kind_of, load_generator
 from lethe.models.judge import CONFIG_NAME, Judge
 from lethe.models.judge_plugin import PluginJudge
 from lethe.tasks.concept_sets import load_concept_set
@@ -29,6 +29,11 @@ def refuse_pickles(folder: Path) -> None:
             f"{folder} holds pickled weights ({', '.join(found[:5])}); Lethe loads only safetensors: convert "
             "them (diffusers' save_pretrained writes safetensors) and remove the pickles"
         )
+
+
+def generator_kind(source: GeneratorSettings) -> str:
+    """The kind of the settings' generator: as declared, or (auto) what its folder's files say."""
+    return kind_of(source.folder) if source.kind == "auto" else source.kind
 
 
 def open_generator(source: GeneratorSettings):

@@ -303,7 +303,7 @@ class StorageSettings(Section):
         return value
 
 
-LADDER_RUNGS = ("anchor", "steps", "intensity")
+LADDER_RUNGS = ("anchor", "recovery", "steps", "intensity")
 
 
 class EscalationSettings(Section):
@@ -312,9 +312,11 @@ class EscalationSettings(Section):
 
     attempts: Annotated[int, Field(ge=1, le=8)]  # at most, the first (as asked) included; 1 = no ladder
     budget_minutes: Positive  # the ladder's wall time: no new attempt starts once its attempts took this long
-    ladder: list[Literal["anchor", "steps", "intensity"]]  # in order; anchor: automatic-anchor requests only
+    ladder: list[Literal["anchor", "recovery", "steps", "intensity"]]  # in order; anchor: automatic-anchor requests
+    # only; recovery: class-conditional models only (adversarial rows)
     steps_factor: Annotated[float, Field(gt=1.0, le=8.0)]  # the steps rung multiplies train.steps by this
     intensity: Annotated[float, Field(gt=0.0, le=4.0)]  # the intensity rung's ODE horizon (adapter.intensity)
+    adversarial_rounds: Annotated[int, Field(ge=1, le=12)]  # the recovery rung's train.adversarial.rounds
 
     @field_validator("ladder", mode="after")
     @classmethod
@@ -480,6 +482,16 @@ class Settings(Section):
             raise ValueError(
                 f"escalation.intensity {self.escalation.intensity} must exceed adapter.intensity "
                 f"{self.adapter.intensity}: the intensity rung raises the horizon"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _recovery_rung_adds_rounds(self):
+        e = self.escalation
+        if "recovery" in e.ladder and e.adversarial_rounds <= self.train.adversarial.rounds:
+            raise ValueError(
+                f"escalation.adversarial_rounds {e.adversarial_rounds} must exceed train.adversarial.rounds "
+                f"{self.train.adversarial.rounds}: the recovery rung adds adversarial training"
             )
         return self
 

@@ -134,10 +134,17 @@ def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, pref
         CustomWebhookNotificationBlock(
             name="lethe-test", url=receiver.url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
         ).save("lethe-test-hook", overwrite=True)
-        # a ladder of one rung that cannot help: both attempts keep the horizon at 0
+        # a ladder of one rung that cannot help: both attempts keep the horizon at 0; the second trains against
+        # the recovery attack (rounds of 2 attack steps, to keep it short)
         run_cli = shipped_ladder_settings(
             tmp_path,
-            **{"escalation.ladder": ["steps"], "train.steps": 4, "notify.block": "custom-webhook/lethe-test-hook"},
+            **{
+                "escalation.ladder": ["recovery"],
+                "train.steps": 4,
+                "train.adversarial.attack_steps": 2,
+                "train.adversarial.pool_rows": 32,
+                "notify.block": "custom-webhook/lethe-test-hook",
+            },
         )
         assert run_cli("request", "add", "trouser", "--anchor", "dress") == 0
         capsys.readouterr()
@@ -149,10 +156,13 @@ def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, pref
     registry, queue = registry_and_queue(run_cli)
     request = queue.get(1)
     assert request.state == "failed" and request.attempts == 2
-    assert [a["steps"] for a in request.attempt_log] == [4, 8]
+    assert [(a["steps"], a["adversarial_rounds"]) for a in request.attempt_log] == [(4, 0), (4, 3)]
     assert "attempt 1 (as asked" in request.reasons and "attempt 2 (attempt 1 failed its gates" in request.reasons
     assert "forget" in request.reasons and "the ladder's 2 attempt(s) are used" in request.reasons
     assert str(registry.production().version) == "1"  # neither attempt became production
+    second = registry.version(request.attempt_log[1]["version"])
+    assert second.tags["attempt_changes"] == "recovery" and second.tags["attempt_adversarial_rounds"] == "3"
+    assert "3 adversarial rounds" in request.reasons
 
     subjects = [b["subject"] for b in receiver.bodies]
     assert "Lethe: request 1 (trouser) failed" in subjects

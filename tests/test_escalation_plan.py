@@ -10,7 +10,12 @@ from lethe.tasks.steps.escalation import max_attempts, plan_attempt
 from lethe.tasks.stores.queue import CANCELLED, DONE, FAILED, PENDING, InvalidTransition, RequestQueue, RequestRefused
 
 LADDER = EscalationSettings(
-    attempts=4, budget_minutes=60, ladder=["anchor", "steps", "intensity"], steps_factor=2.0, intensity=2.5
+    attempts=4,
+    budget_minutes=60,
+    ladder=["anchor", "steps", "intensity"],
+    steps_factor=2.0,
+    intensity=2.5,
+    adversarial_rounds=3,
 )
 
 
@@ -33,6 +38,19 @@ def test_a_fixed_anchor_skips_the_anchor_rung_and_a_retry_starts_a_new_ladder():
     assert (retry.rung, retry.anchor, retry.steps, retry.changes) == (0, "coat", 300, ())
     assert "retry" in retry.why
     assert max_attempts(False, LADDER.model_copy(update={"attempts": 1})) == 1
+
+
+def test_the_recovery_rung_turns_on_adversarial_training_where_the_model_has_it():
+    ladder = LADDER.model_copy(update={"ladder": ["anchor", "recovery", "steps"], "adversarial_rounds": 3})
+    plans = [plan_attempt(a, 1, None, {}, ["dress", "bag"][: a - 1], 200, 2.0, ladder) for a in (1, 2, 3, 4)]
+    assert [p.adversarial_rounds for p in plans] == [0, 0, 3, 3] and [p.steps for p in plans] == [200, 200, 200, 400]
+    assert "adversarial training" in plans[2].why and plans[2].tags()["attempt_adversarial_rounds"] == "3"
+    # a text-to-image model has no adversarial rows: its ladder skips the rung rather than waste an attempt
+    text = plan_attempt(3, 1, None, {}, ["dress", "bag"], 200, 2.0, ladder, hardenable=False)
+    assert (text.changes, text.adversarial_rounds, text.steps) == (("anchor", "steps"), 0, 400)
+    assert max_attempts(False, ladder, hardenable=False) == 3 and max_attempts(True, ladder, hardenable=False) == 2
+    # rounds already on stay on (the rung never lowers them)
+    assert plan_attempt(1, 1, None, {}, [], 200, 2.0, ladder, rounds=5).adversarial_rounds == 5
 
 
 def test_the_queue_logs_each_attempt_once_and_keeps_decisions(tmp_path):

@@ -61,6 +61,9 @@ def test_values_that_only_fail_together_are_refused(tmp_path):
     path = edited(tmp_path, lambda d: d["base"].update(norm_groups=5))
     with pytest.raises(SettingsError, match="norm_groups 5 must divide"):
         load_settings(path)
+    path = edited(tmp_path, lambda d: d["train"]["adversarial"].update(rounds=3))  # the rung would add nothing
+    with pytest.raises(SettingsError, match="escalation.adversarial_rounds 3 must exceed train.adversarial.rounds 3"):
+        load_settings(path)
 
 
 def test_environment_overrides_use_one_prefix_and_are_validated_like_the_file():

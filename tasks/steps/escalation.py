@@ -7,6 +7,9 @@ first with k-1 changes, in the declared order:
 - `anchor`: the automatic anchor again, never one an earlier attempt of this ladder tried (so the next one by the
   anchor rule's measured confusion). Requests whose anchor is fixed (by the request or a retry) skip this rung.
 - `steps`: `train.steps` times `escalation.steps_factor`.
+- `recovery`: adversarial training against the recovery attack (`train.adversarial.rounds` set to
+  `escalation.adversarial_rounds`), for the recovery gate. Its rows exist for class-conditional models only, so
+  a text-to-image request skips this rung.
 - `intensity`: the new adapter's ODE horizon raised to `escalation.intensity`.
 
 The plan depends only on the request, its attempt log and the settings, so a batch killed mid-ladder recomputes
@@ -22,6 +25,7 @@ from lethe.tasks.settings import EscalationSettings
 CHANGES = {
     "anchor": "the next automatic anchor (earlier attempts' anchors excluded)",
     "steps": "training steps x{factor:g}",
+    "recovery": "adversarial training against the recovery attack ({rounds} rounds)",
     "intensity": "ODE horizon (intensity) {intensity:g}",
 }
 
@@ -34,6 +38,7 @@ class AttemptPlan:
     avoid: tuple[str, ...]  # anchors the automatic rule must not pick again
     steps: int
     intensity: float
+    adversarial_rounds: int  # train.adversarial.rounds of this attempt
     changes: tuple[str, ...]  # the rungs applied, in order
     why: str  # one line: what this attempt changes and why it runs
 
@@ -45,17 +50,19 @@ class AttemptPlan:
             "attempt_why": self.why,
             "attempt_steps": str(self.steps),
             "attempt_intensity": f"{self.intensity:g}",
+            "attempt_adversarial_rounds": str(self.adversarial_rounds),
         }
 
 
-def rungs_for(anchor_fixed: bool, ladder: list[str]) -> list[str]:
-    """The ladder a request climbs: the anchor rung only where the anchor is the automatic rule's."""
-    return [r for r in ladder if not (r == "anchor" and anchor_fixed)]
+def rungs_for(anchor_fixed: bool, ladder: list[str], hardenable: bool = True) -> list[str]:
+    """The ladder a request climbs: the anchor rung only where the anchor is the automatic rule's, the recovery
+    rung only where adversarial rows exist for the model (`hardenable`: class-conditional)."""
+    return [r for r in ladder if not (r == "anchor" and anchor_fixed) and not (r == "recovery" and not hardenable)]
 
 
-def max_attempts(anchor_fixed: bool, escalation: EscalationSettings) -> int:
+def max_attempts(anchor_fixed: bool, escalation: EscalationSettings, hardenable: bool = True) -> int:
     """How many attempts a ladder may take: the setting, and no more than one per change available."""
-    return min(escalation.attempts, 1 + len(rungs_for(anchor_fixed, escalation.ladder)))
+    return min(escalation.attempts, 1 + len(rungs_for(anchor_fixed, escalation.ladder, hardenable)))
 
 
 def plan_attempt(
@@ -67,14 +74,17 @@ def plan_attempt(
     steps: int,
     intensity: float,
     escalation: EscalationSettings,
+    rounds: int = 0,
+    hardenable: bool = True,
 ) -> AttemptPlan:
     """The plan of `attempt`, on a ladder that began at `ladder_start`, for a request with `anchor` (None:
     automatic) and a person's `overrides`; `earlier_anchors` are what this ladder's earlier attempts used;
-    `steps` and `intensity` are the settings' own (train.steps, adapter.intensity)."""
+    `steps`, `intensity` and `rounds` are the settings' own (train.steps, adapter.intensity,
+    train.adversarial.rounds); `hardenable`: whether the model has adversarial rows (the recovery rung)."""
     anchor = overrides.get("anchor", anchor)
     steps = int(overrides.get("steps", steps))
     rung = attempt - ladder_start
-    rungs = rungs_for(anchor is not None, escalation.ladder)
+    rungs = rungs_for(anchor is not None, escalation.ladder, hardenable)
     if rung < 0 or rung > len(rungs):
         raise ValueError(f"attempt {attempt} is beyond this request's ladder ({len(rungs)} rungs from {ladder_start})")
     changes = tuple(rungs[:rung])
@@ -85,11 +95,13 @@ def plan_attempt(
         steps = int(round(steps * escalation.steps_factor))
     if "intensity" in changes:
         intensity = escalation.intensity
+    if "recovery" in changes:
+        rounds = max(rounds, escalation.adversarial_rounds)
     if rung == 0:
         why = "as asked" + (f" (a person's retry: {overrides})" if overrides else "")
     else:
         last = changes[-1]
         why = f"attempt {attempt - 1} failed its gates; adds " + CHANGES[last].format(
-            factor=escalation.steps_factor, intensity=escalation.intensity
+            factor=escalation.steps_factor, intensity=escalation.intensity, rounds=escalation.adversarial_rounds
         )
-    return AttemptPlan(attempt, rung, anchor, avoid, steps, intensity, changes, why)
+    return AttemptPlan(attempt, rung, anchor, avoid, steps, intensity, rounds, changes, why)
