@@ -3,6 +3,7 @@
     python benchmarks/long_sequence.py                                   # lethe (consolidating) and dfr-ft
     python benchmarks/long_sequence.py --methods lethe --every 0 --name lethe-plain   # no consolidation
     python benchmarks/long_sequence.py --floors --forget-samples 256     # each request's anchor confusion
+    python benchmarks/long_sequence.py --methods lethe --out benchmarks/results/long-sequence-30.json  # then dfr-ft
     python benchmarks/long_sequence.py --anchors --sequence thirty-auto   # the automatic anchors, chosen on the base
 
 Each step is one request, handled as `benchmarks/continual.py` handles it (the pipeline's replay and trainer; the
@@ -269,6 +270,11 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
     return rows
 
 
+def floors_path(out: Path) -> Path:
+    """Where the anchor confusions of the sequence whose rows go to `out` are kept (render_tables reads it)."""
+    return out.with_name(f"{out.stem}-floors.json")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -288,7 +294,7 @@ def main(argv=None) -> int:
         "--floors",
         action="store_true",
         help="instead: each request's anchor confusion (the judge calling the anchor's base samples the concept) "
-        "-> results/long-sequence-floors.json",
+        "-> <out>-floors.json (results/long-sequence-floors.json by default)",
     )
     parser.add_argument(
         "--anchors",
@@ -315,7 +321,7 @@ def main(argv=None) -> int:
         return 0
     if args.floors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
-        write([dict(r, **info) for r in bench.run_floors()], RESULTS / "long-sequence-floors.json")
+        write([dict(r, **info) for r in bench.run_floors()], floors_path(Path(args.out)))
         return 0
     bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed)
     out = Path(args.out)

@@ -37,6 +37,7 @@ CONTINUAL_METRICS = [
     ("sample_seconds", "Sampling time (64 images)", "seconds", 1.0),
 ]
 
+LONG_RUNS = ("long-sequence", "long-sequence-30")  # result files (without .json) of benchmarks/long_sequence.py
 LONG_METRICS = [
     ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
     ("retain_acc", "Retained accuracy", "% of base", 100.0),
@@ -319,14 +320,15 @@ def plot_all(results_dir: Path = RESULTS) -> list[Path]:
     if test:
         plots.mkdir(parents=True, exist_ok=True)
         written += plot_continual(test, plots, "test")
-    long = load(results_dir, "long-sequence.json")
-    if long:
-        plots.mkdir(parents=True, exist_ok=True)
-        written.append(plot_long(long, plots))
+    for name in LONG_RUNS:
+        long = load(results_dir, f"{name}.json")
+        if long:
+            plots.mkdir(parents=True, exist_ok=True)
+            written.append(plot_long(long, plots, name))
     return written
 
 
-def plot_long(rows: list[dict], plots: Path) -> Path:
+def plot_long(rows: list[dict], plots: Path, name: str = "long-sequence") -> Path:
     """The long sequence's four curves against the request number, one line per method."""
     groups = by_method_step(rows)
     fig, axes = _subplots(2, 2, figsize=(12, 8))
@@ -337,7 +339,7 @@ def plot_long(rows: list[dict], plots: Path) -> Path:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = plots / "long_sequence.png"
+    path = plots / f"{name.replace('-', '_')}.png"
     fig.savefig(path, dpi=110)
     return path
 
@@ -969,10 +971,11 @@ def recovery_markdown(rows: list[dict], plots: Path, title: str = "Recovery atta
     )
 
 
-def long_markdown(rows: list[dict], plots: Path) -> str:
-    """long-sequence.json: per request and method, the model after the step and what the step cost."""
+def long_markdown(rows: list[dict], plots: Path, name: str = "long-sequence", title: str = "Long sequence") -> str:
+    """<name>.json: per request and method, the model after the step and what the step cost; the floors are
+    <name>-floors.json's."""
     groups = by_method_step(rows)
-    out = ["## Long sequence (issue 14)", ""]
+    out = [f"## {title} (issue 14)", ""]
     info = rows[-1]
     out += [
         f"`{info.get('command', 'python benchmarks/long_sequence.py')}` on {info.get('machine', '?')}; Lethe "
@@ -982,7 +985,8 @@ def long_markdown(rows: list[dict], plots: Path) -> str:
         "replay + training (+ consolidation), evaluation excluded.",
         "",
     ]
-    floors = {r["concept"]: r["floor"] for r in load(plots.parent, "long-sequence-floors.json") or []}
+    floors_file = f"{name}-floors.json"
+    floors = {r["concept"]: r["floor"] for r in load(plots.parent, floors_file) or []}
     header = ["method", "targets after the last request", "value", "met"]
     body = []
     for method, steps in groups.items():
@@ -1001,7 +1005,7 @@ def long_markdown(rows: list[dict], plots: Path) -> str:
             [
                 "",
                 "every forgotten concept ≤ its anchor's confusion"
-                + (" (long-sequence-floors.json)" if floors else " (floors not measured: ≤ 2%)")
+                + (f" ({floors_file})" if floors else " (floors not measured: ≤ 2%)")
                 + " or ≤ 2%",
                 f"{len(each) - len(over)} of {len(each)}"
                 + (": over " + ", ".join(f"{c} {pct(a)}" for c, a in over.items()) if over else ""),
@@ -1048,7 +1052,7 @@ def long_markdown(rows: list[dict], plots: Path) -> str:
                     note,
                 ]
             )
-    out += [table(header, body), "", image_link(plots / "long_sequence.png", "Long sequence"), ""]
+    out += [table(header, body), "", image_link(plots / f"{name.replace('-', '_')}.png", title), ""]
     return "\n".join(out)
 
 
@@ -1167,6 +1171,44 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
     )
 
 
+def export_tuning_markdown(rows: list[dict], plots: Path) -> str:
+    """export-validation.json: the distilled export's settings tried on the validation sequence, one run each."""
+    header = ["configuration", "changed", "forget (prompts, max)", "forget (held-out, max)", "retained vs base"]
+    header += ["unexplained", "LoRA / UNet", "seconds", "gates"]
+    body = []
+    shipped = rows[0]["export_settings"]
+    for r in rows:
+        changed = {k: v for k, v in r["export_settings"].items() if shipped.get(k) != v}
+        for x in (x for x in r["exports"] if x["format"] == "lora"):
+            body.append(
+                [
+                    r["label"],
+                    ", ".join(f"{k}={v}" for k, v in changed.items()) or "-",
+                    pct(x["forget_max"]),
+                    pct(x["held_out_forget_max"]),
+                    f"{x['retain_vs_base']:.3f}",
+                    str(x["table"]["share of the stack's change left unexplained"]),
+                    pct(x["lora_share"], 2),
+                    f"{x['seconds']:.0f}",
+                    "pass" if x["passed"] else "refused: " + "; ".join(x["reasons"]),
+                ]
+            )
+    first = rows[0]
+    return "\n".join(
+        [
+            "## Export: tuning on the validation sequence (issue 17)",
+            "",
+            f"Version {first['version']} after the validation sequence ({first['sequence']}; forgotten: "
+            f"{', '.join(first['forgotten'])}), which shares no concept with the test sequence; one row per "
+            f"configuration, in the order run; `{first['command'].strip()}` with each row's `--set`; "
+            f"{first['machine']}.",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
 def markdown(results_dir: Path = RESULTS) -> str:
     """Markdown sections for BENCHMARKS.md, one per result file present (plots are linked, not written)."""
     results_dir = Path(results_dir)
@@ -1192,8 +1234,10 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("tuning-text.json", text_tuning_markdown),
         ("continual-text.json", text_markdown),
         ("long-sequence.json", long_markdown),
+        ("long-sequence-30.json", partial(long_markdown, name="long-sequence-30", title="Thirty-request sequence")),
         ("world.json", world_markdown),
         ("fulfilment.json", fulfilment_markdown),
+        ("export-validation.json", export_tuning_markdown),
         ("export.json", export_markdown),
     ):
         if name == "floors.json" and load(results_dir, "floors-10.json"):

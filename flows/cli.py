@@ -285,6 +285,9 @@ def cmd_sample(args, settings: Settings) -> int:
 
 
 def cmd_export(args, settings: Settings) -> int:
+    if args.log_mlflow and (args.format != "lora" or args.kohya):
+        print("error: --log-mlflow logs a LoRA in diffusers' keys: it goes with --format lora", file=sys.stderr)
+        return 2
     if args.format == "diffusers":
         from lethe.tasks.operations.export_version import export_version
 
@@ -321,6 +324,10 @@ def cmd_export(args, settings: Settings) -> int:
         print(f"refused: {refused}: {'; '.join(refused.result['reasons'])}. Nothing was written", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
+    if args.log_mlflow:
+        from lethe.tasks.operations.log_lora import log_lora
+
+        print(f"logged with MLflow's diffusers flavour: {log_lora(_registry(s), args.out, s.generator.folder)}")
     print(args.out)
     return 0
 
@@ -651,6 +658,12 @@ def parser() -> argparse.ArgumentParser:
         help="diffusers: exact, custom UNet code; lora, merged (text-to-image): distilled, gated on the artefact",
     )
     exp.add_argument("--kohya", action="store_true", help="with --format lora: kohya's key layout (web UIs)")
+    exp.add_argument(
+        "--log-mlflow",
+        action="store_true",
+        help="with --format lora: also log it with MLflow's diffusers flavour, on the workspace's base "
+        "(registered model <model_name>-lora)",
+    )
     exp.set_defaults(func=cmd_export)
     ver = sub.add_parser("verify-export", help="re-check an export's hashes and sample its forgotten concepts")
     ver.add_argument("folder")

@@ -438,6 +438,7 @@ class ExportSettings(Section):
     """The distilled exports (`lethe export --format lora|merged`): a LoRA fitted to the version's adapted UNet."""
 
     lora_rank: PositiveInt  # rank of every LoRA update (alpha = rank: the stock loaders' default scaling)
+    lora_dtype: Literal["float32", "float16"]  # how the LoRA's weights are stored (the gates measure them so)
     lora_scope: Literal["sites", "decoder"]  # sites: layers inside the modules the adapters rewrite; decoder: mid+up
     replay_per_concept: PositiveInt  # the version's own samples per concept, noised into the rows
     rows: PositiveInt  # noised rows (x_t, t, text) whose adapted-UNet outputs the LoRA is fitted to

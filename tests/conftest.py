@@ -73,6 +73,10 @@ SMALL = {
     "train.steps": 6,
     "train.batch_size": 8,
     "train.pool_rows": 64,
+    "train.adversarial.attack_steps": 2,  # where a test or the ladder's recovery rung turns the rounds on
+    "train.adversarial.attack_batch": 4,
+    "train.adversarial.rows": 4,
+    "train.adversarial.pool_rows": 16,
     "eval.samples_per_concept": 4,
     "eval.kid_subset": 10,
     "eval.device": "cpu",

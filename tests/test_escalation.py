@@ -23,13 +23,32 @@ pytestmark = pytest.mark.slow
 TOKEN = "hook-token-5f1c2a"  # in the webhook URL only: it must never reach a log, tag, param or artefact
 
 
+def small_prepared(source, target, per_concept: int = 24):
+    """The first `per_concept` images of every concept of the shipped prepared splits: the KID gate is off
+    here, and the real images it would compare with (every test image of the retained concepts) would
+    otherwise cost more than the step; the recovery audit's attacker images come from `train`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    for split in ("test", "train"):
+        tensors = load_file(source / f"{split}.safetensors")
+        labels = tensors["labels"]
+        keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_concept] for c in labels.unique()])
+        save_file({"images": tensors["images"][keep].contiguous(), "labels": labels[keep].contiguous()},
+                  target / f"{split}.safetensors")  # fmt: skip
+    return target
+
+
 def shipped_ladder_settings(tmp_path, **changes):
     """The shipped base and judge with budgets of seconds; the forget gate is the only one that can reject."""
     from lethe.tasks.settings import load_settings
 
-    settings = load_settings(PARAMS).override(
+    shipped = load_settings(PARAMS)
+    settings = shipped.override(
         {
             "paths.workspace": str(tmp_path / "ws"),
+            "paths.prepared": str(small_prepared(shipped.paths.prepared, tmp_path / "prepared")),
             "sampling.steps": 8,
             "distill.replay_per_concept": 8,
             "train.steps": 150,
@@ -87,42 +106,6 @@ class Receiver:
 
     def close(self):
         self.server.shutdown()
-
-
-def test_a_rejected_first_attempt_is_retried_and_the_second_passes(tmp_path, prefect_harness, capsys):
-    run_cli = shipped_ladder_settings(tmp_path)
-    assert run_cli("request", "add", "trouser", "--anchor", "dress", "--due", "2099-01-31") == 0
-    capsys.readouterr()
-    assert run_cli("run") == 0
-    registry, queue = registry_and_queue(run_cli)
-    request = queue.get(1)
-    assert request.state == "done" and request.attempts == 2 and request.due_at.startswith("2099-01-31")
-    first, second = request.attempt_log
-    assert (first["attempt"], first["passed"], first["intensity"]) == (1, False, 0.0)
-    assert any("forget" in r for r in first["reasons"]) and first["why"] == "as asked"
-    assert (second["attempt"], second["passed"], second["intensity"], second["changes"]) == (
-        2,
-        True,
-        2.0,
-        ["intensity"],
-    )
-    versions = {str(v.version): v for v in registry.versions()}
-    assert set(versions) == {"1", "2", "3"} and request.version == "3" == str(registry.production().version)
-    rejected, promoted = versions["2"].tags, versions["3"].tags
-    assert rejected["gate"] == "failed" and rejected["attempt"] == "1" and rejected["attempt_why"] == "as asked"
-    assert promoted["gate"] == "passed" and promoted["attempt"] == "2" and promoted["attempt_changes"] == "intensity"
-    assert promoted["parent_version"] == rejected["parent_version"] == "1"  # a failed attempt never becomes a parent
-    assert rejected["forget_path"] != promoted["forget_path"]  # each attempt's replay sets are versioned apart
-    metrics = registry.client.get_run(versions["3"].run_id).data.metrics
-    assert 0 < metrics["request_to_production_hours"] < 1
-    assert "request_to_production_hours" not in registry.client.get_run(versions["2"].run_id).data.metrics
-
-    capsys.readouterr()
-    assert run_cli("request", "list") == 0
-    listing = capsys.readouterr().out
-    assert "2099-01-31" in listing and " done " in listing
-    assert run_cli("request", "add", "bag", "--due", "2001-01-01") == 2  # a deadline already past
-    assert "already past" in capsys.readouterr().err
 
 
 def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, prefect_harness, capsys, caplog):
@@ -190,7 +173,7 @@ def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, pref
     assert all(TOKEN not in text for text in seen)
 
 
-def test_a_kill_mid_ladder_resumes_without_repeating_or_skipping_an_attempt(tmp_path):
+def test_a_kill_mid_ladder_resumes_without_repeating_or_skipping_an_attempt(tmp_path, capsys):
     from tests.faults.harness import run_lethe
     from tests.servers import prefect_server
 
@@ -199,7 +182,8 @@ def test_a_kill_mid_ladder_resumes_without_repeating_or_skipping_an_attempt(tmp_
     env = dict(os.environ)
     with prefect_server(tmp_path / "prefect-server", env) as prefect_url:
         env["PREFECT_API_URL"] = f"{prefect_url}/api"
-        added = run_lethe(params, env, "none", ["request", "add", "trouser", "--anchor", "dress"], None, 120)
+        add = ["request", "add", "trouser", "--anchor", "dress", "--due", "2099-01-31"]
+        added = run_lethe(params, env, "none", add, None, 120)
         assert added.returncode == 0, added.output[-2000:]
         rounds = [
             run_lethe(params, env, point, ["run"], None, 600) for point in ("attempt-rejected", "attempt-escalated")
@@ -209,11 +193,32 @@ def test_a_kill_mid_ladder_resumes_without_repeating_or_skipping_an_attempt(tmp_
         assert last.returncode == 0, last.output[-3000:]
     registry, queue = registry_and_queue(run_cli)
     request = queue.get(1)
-    assert request.state == "done" and request.attempts == 2
+    assert request.state == "done" and request.attempts == 2 and request.due_at.startswith("2099-01-31")
     assert [(a["attempt"], a["passed"]) for a in request.attempt_log] == [(1, False), (2, True)]
     keys = sorted(v.tags.get("attempt", "-") for v in registry.versions() if v.tags.get("request_id") == "1")
     assert keys == ["1", "2"]  # one version per attempt: nothing trained twice, nothing skipped
     assert str(registry.production().version) == request.version
+
+    # the outcome of an unkilled ladder: attempt 1 rejected as asked, attempt 2 passes with the intensity rung
+    first, second = request.attempt_log
+    assert first["intensity"] == 0.0 and any("forget" in r for r in first["reasons"]) and first["why"] == "as asked"
+    assert (second["intensity"], second["changes"]) == (2.0, ["intensity"])
+    versions = {str(v.version): v for v in registry.versions()}
+    assert set(versions) == {"1", "2", "3"} and request.version == "3"
+    rejected, promoted = versions["2"].tags, versions["3"].tags
+    assert rejected["gate"] == "failed" and rejected["attempt"] == "1" and rejected["attempt_why"] == "as asked"
+    assert promoted["gate"] == "passed" and promoted["attempt"] == "2" and promoted["attempt_changes"] == "intensity"
+    assert promoted["parent_version"] == rejected["parent_version"] == "1"  # a failed attempt never becomes a parent
+    assert rejected["forget_path"] != promoted["forget_path"]  # each attempt's replay sets are versioned apart
+    metrics = registry.client.get_run(versions["3"].run_id).data.metrics
+    assert 0 < metrics["request_to_production_hours"] < 1
+    assert "request_to_production_hours" not in registry.client.get_run(versions["2"].run_id).data.metrics
+
+    assert run_cli("request", "list") == 0
+    listing = capsys.readouterr().out
+    assert "2099-01-31" in listing and " done " in listing
+    assert run_cli("request", "add", "bag", "--due", "2001-01-01") == 2  # a deadline already past
+    assert "already past" in capsys.readouterr().err
 
 
 def test_people_approve_cancel_and_retry_on_record(tmp_path, prefect_harness, capsys):

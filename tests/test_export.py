@@ -4,6 +4,7 @@ file changes or the adapters are dropped."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -48,38 +49,47 @@ LOADER = textwrap.dedent(
     from diffusers import DiffusionPipeline
     from safetensors.torch import save_file
 
-    folder, out, ask = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
-    pipe.set_progress_bar_config(disable=True)
-    if ask.get("lora"):
-        pipe.load_lora_weights(ask["lora"], weight_name=ask.get("weight_name", "pytorch_lora_weights.safetensors"))
-    if ask.get("resave"):
-        pipe.save_pretrained(ask["resave"])
-    common = dict(num_inference_steps=ask["steps"], guidance_scale=ask["guidance"])
-    if "prompt" in ask:
-        stream = torch.Generator().manual_seed(ask["noise_seed"])
-        images = pipe(ask["prompt"], num_images_per_prompt=ask["n"], generator=stream, output_type="pt", **common)
-    else:
-        images = pipe([ask["concept"]], num_images_per_concept=ask["n"], seed=ask["seed"],
-                      batch_size=ask["batch_size"], output_type="raw", **common)
-    save_file({"images": images.images.contiguous()}, out)
-    print(type(pipe).__name__, type(pipe.unet).__name__)
+    out, asks = sys.argv[1], json.loads(sys.argv[2])
+    images = {}
+    for i, ask in enumerate(asks):  # each ask loads its pipeline afresh
+        pipe = DiffusionPipeline.from_pretrained(ask["folder"], trust_remote_code=True)
+        pipe.set_progress_bar_config(disable=True)
+        if ask.get("lora"):
+            pipe.load_lora_weights(ask["lora"], weight_name=ask.get("weight_name", "pytorch_lora_weights.safetensors"))
+        if ask.get("resave"):
+            pipe.save_pretrained(ask["resave"])
+        common = dict(num_inference_steps=ask["steps"], guidance_scale=ask["guidance"])
+        if "prompt" in ask:
+            stream = torch.Generator().manual_seed(ask["noise_seed"])
+            drawn = pipe(ask["prompt"], num_images_per_prompt=ask["n"], generator=stream, output_type="pt", **common)
+        else:
+            drawn = pipe([ask["concept"]], num_images_per_concept=ask["n"], seed=ask["seed"],
+                         batch_size=ask["batch_size"], output_type="raw", **common)
+        images[str(i)] = drawn.images.contiguous()
+        print(type(pipe).__name__, type(pipe.unet).__name__)
+    save_file(images, out)
     """
 )
 
 
 def load_without_lethe(folder: Path, tmp_path: Path, **ask) -> tuple[torch.Tensor, str]:
+    """Images of `folder` sampled as `ask` says, and the pipeline's and UNet's class names, in a process
+    where `import lethe` fails."""
+    (images, loaded), *_ = load_many_without_lethe(tmp_path, dict(ask, folder=folder))
+    return images, loaded
+
+
+def load_many_without_lethe(tmp_path: Path, *asks: dict) -> list[tuple[torch.Tensor, str]]:
+    """Several loads (each ask names its `folder`) in one such process: one interpreter start for all."""
     out = tmp_path / f"images-{len(list(tmp_path.glob('images-*')))}.safetensors"
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    asks_json = json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in a.items()} for a in asks])
     done = subprocess.run(
-        [sys.executable, "-c", LOADER, str(folder), str(out), json.dumps(ask)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+        [sys.executable, "-c", LOADER, str(out), asks_json], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return load_file(out)["images"], done.stdout.strip().splitlines()[-1]
+    images, names = load_file(out), done.stdout.strip().splitlines()[-len(asks) :]
+    return [(images[str(i)], names[i]) for i in range(len(asks))]
 
 
 def test_a_text_to_image_export_samples_lethes_bits_where_lethe_is_not_installed(tmp_path):
@@ -330,6 +340,7 @@ def text_version(tmp_path_factory, tiny_generator_dir, prefect_harness):
             "export.steps": 60,
             "export.batch_size": 16,
             "export.lr": 0.01,
+            "export.lora_dtype": "float16",  # stored in half precision, loaded onto the float32 base
         }
     )
     cli = Lethe(write_settings(settings, root / "params.yaml"))
@@ -341,10 +352,11 @@ def text_version(tmp_path_factory, tiny_generator_dir, prefect_harness):
 def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(text_version, tmp_path, capsys):
     cli, base = text_version
     capsys.readouterr()
-    assert cli("export", "production", str(tmp_path / "lora"), "--format", "lora") == 0
+    assert cli("export", "production", str(tmp_path / "lora"), "--format", "lora", "--log-mlflow") == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    result = json.loads("\n".join(printed[:-1]))
+    result = json.loads("\n".join(printed[:-2]))
     assert printed[-1] == str(tmp_path / "lora")
+    assert printed[-2] == "logged with MLflow's diffusers flavour: models:/lethe-generator-lora/1"
     assert result["passed"] and result["format"] == "lora" and result["lora_params"] > 0
     lora = tmp_path / "lora"
     assert sorted(p.name for p in lora.iterdir()) == [
@@ -354,6 +366,7 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
     ]
     weights = load_file(lora / "pytorch_lora_weights.safetensors")
     assert weights and all(k.startswith("unet.") and ".lora_" in k for k in weights)
+    assert {w.dtype for w in weights.values()} == {torch.float16}
     assert {k.split(".")[1] for k in weights} <= {"mid_block", "up_blocks"}  # the adapters' sites only
     manifest = json.loads((lora / MANIFEST_NAME).read_text())
     assert manifest["evaluation"]["passed"] and manifest["weight_name"] == "pytorch_lora_weights.safetensors"
@@ -368,6 +381,23 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
 
     assert state_sha256(UNet2DConditionModel.from_pretrained(base / "unet")) == manifest["base"]["unet_state_sha256"]
 
+    # MLflow's own diffusers flavour serves it: the base loaded by diffusers, the LoRA onto it, no Lethe code
+    import mlflow
+    import pandas as pd
+    from PIL import Image
+
+    registry = Registry(Workspace.open(cli.settings), cli.settings.registry)
+    logged = registry.client.get_model_version("lethe-generator-lora", "1")
+    assert logged.tags["source_version"] == manifest["version"] and logged.tags["forgotten"] == "trouser"
+    local = registry.client.download_artifacts(logged.run_id, "model", str(tmp_path / "mlflow-lora"))
+    assert "lethe" not in (Path(local) / "requirements.txt").read_text()
+    served = mlflow.pyfunc.load_model(local).predict(
+        pd.DataFrame({"prompt": ["a photo of trousers"]}),
+        params={"num_inference_steps": 3, "guidance_scale": 2.0, "height": 16, "width": 16},
+    )
+    assert Image.open(io.BytesIO(served[0])).size == (16, 16)
+    assert cli("export", "production", str(tmp_path / "no"), "--format", "merged", "--log-mlflow") == 2
+
     assert cli("export", "production", str(tmp_path / "kohya"), "--format", "lora", "--kohya") == 0
     kohya = load_file(tmp_path / "kohya" / "lora_kohya.safetensors")
     assert all(k.startswith("lora_unet_") for k in kohya) and any(k.endswith(".lora_down.weight") for k in kohya)
@@ -379,10 +409,11 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
     assert json.loads((merged / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
     # a Lethe-free process loads both: the LoRA onto the base, the merged folder as it is; they agree
     ask = dict(prompt="a photo of trousers", n=2, steps=3, guidance=2.0, noise_seed=7)
-    merged_images, loaded = load_without_lethe(merged, tmp_path, **ask)
+    kohya_ask = dict(ask, folder=base, lora=tmp_path / "kohya", weight_name="lora_kohya.safetensors")
+    (merged_images, loaded), (lora_images, _), (base_images, _), (kohya_images, _) = load_many_without_lethe(
+        tmp_path, dict(ask, folder=merged), dict(ask, folder=base, lora=lora), dict(ask, folder=base), kohya_ask
+    )
     assert loaded == "StableDiffusionPipeline UNet2DConditionModel"
-    lora_images, _ = load_without_lethe(base, tmp_path, **ask, lora=str(lora))
-    base_images, _ = load_without_lethe(base, tmp_path, **ask)
     assert (merged_images - lora_images).abs().max() < 1e-3  # fused = loaded, up to float rounding
     assert not torch.equal(lora_images, base_images)
     # verify-export: the LoRA on its own base passes; on another base it is refused before any sampling
@@ -394,9 +425,6 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
     assert cli("verify-export", str(lora), "--base", str(merged)) == 2
     assert "is not the base this LoRA was fitted to" in capsys.readouterr().err
     assert cli("verify-export", str(merged)) == 0
-    kohya_images, _ = load_without_lethe(
-        base, tmp_path, **ask, lora=str(tmp_path / "kohya"), weight_name="lora_kohya.safetensors"
-    )
     assert (kohya_images - lora_images).abs().max() < 1e-3  # the same fit, in kohya's keys, loads alike
 
 

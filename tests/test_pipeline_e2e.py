@@ -188,5 +188,7 @@ def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, pre
     )
     anchors = [a["anchor"] for a in request.attempt_log]
     assert len(set(anchors)) == 3 and [v.tags["anchor"] for v in attempts] == anchors
-    assert [a["steps"] for a in request.attempt_log] == [6, 6, 12] and "attempt 3" in request.reasons
+    # the shipped ladder: a new anchor, then adversarial training against the recovery attack as well
+    assert [(a["steps"], a["adversarial_rounds"]) for a in request.attempt_log] == [(6, 0), (6, 0), (6, 3)]
+    assert "attempt 3" in request.reasons and attempts[2].tags["attempt_changes"] == "anchor,recovery"
     assert request.anchor is None  # still automatic: a retry starts from the automatic rule again

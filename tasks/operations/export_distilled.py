@@ -162,9 +162,13 @@ def export_distilled(
     facts = version_facts(registry, registered, generator, adapters, model.sampling, gates, fmt)
     forgotten = facts["forgotten"]
     started = time.time()
-    log(f"distilling version {registered.version}'s {len(adapters)} adapter(s) into a rank-{export.lora_rank} LoRA")
+    log(
+        f"distilling version {registered.version}'s {len(adapters)} adapter(s) into a rank-{export.lora_rank} "
+        f"{export.lora_dtype} LoRA"
+    )
     distilled = fit(generator, adapters, export, sampling)
-    state = get_peft_model_state_dict(distilled.unet, adapter_name=ADAPTER_NAME)
+    dtype = getattr(torch, export.lora_dtype)
+    state = {k: v.to(dtype) for k, v in get_peft_model_state_dict(distilled.unet, adapter_name=ADAPTER_NAME).items()}
     unet_bytes = sum(t.numel() * t.element_size() for t in generator.unet.state_dict().values())
     weight_name = KOHYA_FILE if kohya else LORA_FILE
     result: dict = {}

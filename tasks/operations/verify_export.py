@@ -69,14 +69,19 @@ def load_export(folder: Path, manifest: dict, base: Path | None):
             f"UNet tensors hash to {manifest['base']['unet_state_sha256'][:16]}...)"
         )
     pipe = DiffusionPipeline.from_pretrained(str(base), trust_remote_code=True)
-    found = state_sha256(pipe.unet)
+    check_base(pipe.unet, base, manifest)
+    pipe.load_lora_weights(str(folder), weight_name=manifest["weight_name"])
+    return pipe
+
+
+def check_base(unet, base: Path, manifest: dict) -> None:
+    """`base`'s UNet (loaded as `unet`) must be the one the LoRA was fitted to: the hash of its tensors."""
+    found = state_sha256(unet)
     if found != manifest["base"]["unet_state_sha256"]:
         raise IntegrityError(
             f"{base}: its UNet is not the base this LoRA was fitted to (tensors sha256 {found[:16]}..., the manifest "
             f"names {manifest['base']['unet_state_sha256'][:16]}...)"
         )
-    pipe.load_lora_weights(str(folder), weight_name=manifest["weight_name"])
-    return pipe
 
 
 def forget_check(folder: Path, manifest: dict, judge, n: int, seed: int, base: Path | None = None) -> dict[str, float]:

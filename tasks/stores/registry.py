@@ -63,6 +63,18 @@ PIP_REQUIREMENTS = [
 ]
 
 
+LORA_MODEL_SUFFIX = "-lora"  # LoRA exports register as versions of `<registry.model_name>-lora`
+# MLflow's diffusers flavour loads the base with diffusers and the LoRA with peft: what its environment needs.
+LORA_REQUIREMENTS = [
+    "torch==2.13.0",
+    "diffusers==0.42.1",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "peft==0.21.2",
+    "safetensors==0.8.0",
+]
+
+
 def flatten(prefix: str, values: dict) -> dict:
     out = {}
     for key, value in values.items():
@@ -282,6 +294,43 @@ class Registry:
             raise
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+    def register_lora(self, weights: Path, base: Path, export: Path, tags: dict[str, str]) -> str:
+        """Log a LoRA with MLflow's diffusers flavour (its pyfunc loads `base` with diffusers and the LoRA onto
+        it) in a run holding the export's card and manifest, and register it as a version of
+        `<model_name>-lora`; returns the version's `models:/` URI. The same weights logged twice give the
+        version already registered."""
+        name = self.model_name + LORA_MODEL_SUFFIX
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description="LoRA exports of Lethe versions (diffusers flavour).")
+        digest = tags["lethe_export_sha256"]
+        for found in self.client.search_model_versions(f"name = '{name}'"):
+            if found.tags.get("lethe_export_sha256") == digest:
+                return f"models:/{name}/{found.version}"
+        run = self.client.create_run(self.experiment_id, run_name=f"lora-of-v{tags['source_version']}", tags=tags)
+        run_id = run.info.run_id
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.diffusers.save_model(
+                    adapter_path=str(weights),
+                    path=str(Path(tmp) / "model"),
+                    base_model=str(base),
+                    pip_requirements=LORA_REQUIREMENTS,
+                    metadata={"lethe": tags},
+                )
+                self.client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+            for path in sorted(export.iterdir()):
+                if path.is_file() and path != weights:  # the card and the manifest, beside the model
+                    self.client.log_artifact(run_id, str(path), "export")
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags)
+        return f"models:/{name}/{version.version}"
 
     def log_file(self, version: str, path: Path, artifact_path: str) -> None:
         """Attach a file to the run that registered `version` (e.g. the lineage plot once it is known)."""
