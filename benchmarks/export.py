@@ -5,11 +5,12 @@ exported artefacts.
     python benchmarks/export.py --sequence validation --work W --formats lora --set export.lora_dtype=float16 \
         --label fp16 --append --out benchmarks/results/export-validation.json   # tuning, never on the test sequence
 
-A fresh workspace (under --work, default a temporary one) runs the text benchmark's sequence through the real
-pipeline (`lethe request add` with its anchors, `lethe run`). Production is then exported with
-`--format diffusers` (exact: timed, and its samples compared bit for bit with the version's own through a
-Lethe-free load is what tests/test_export.py checks), `--format lora` and `--format merged` (distilled: the
-export's own evaluation on the artefact as written, against the version). Results go to `results/export.json`.
+A workspace (--work, default a fresh temporary one; one whose batch ended every request is reused) runs the
+text benchmark's sequence through the real pipeline (`lethe request add` with its anchors, `lethe run`).
+Production is then exported with `--format diffusers` (exact: timed; that its samples equal the version's own,
+bit for bit, through a Lethe-free load is what tests/test_export.py checks), `--format lora` and `--format
+merged` (distilled: the export's own evaluation on the artefact as written, against the version). Results go to
+`results/export.json`.
 Targets (issue 17): exact export in at most 2 minutes; LoRA and merged: forget at most 5% on the requests'
 prompts and 10% on held-out paraphrases, retained accuracy at least 97% of the base's, the LoRA file at most 5%
 of the UNet's size.
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "export.json"))
     args = parser.parse_args(argv)
     formats = args.formats.split(",")
+    if outside := [item for item in args.set if not item.startswith("export.")]:
+        parser.error(f"--set changes the export's settings only (export.KEY=VALUE), not {outside}")
     if unknown := set(formats) - set(FORMATS):
         parser.error(f"unknown format(s) {sorted(unknown)}: {', '.join(FORMATS)}")
     sequence = SEQUENCES.get(args.sequence, args.sequence)
@@ -72,11 +75,12 @@ def main(argv=None) -> int:
         common = ["--params", args.params, "--workspace", str(work)]
         s = load_settings(args.params).override({"paths.workspace": str(work)} | parse_overrides(args.set))
         run_minutes = None
+        pairs = sequence_of(sequence)
         queued = RequestQueue(Workspace.open(s).queue_location).list()
-        if [(r.concept, r.anchor) for r in queued] != sequence_of(sequence)[: len(queued)]:
+        if [r.concept for r in queued] != [c for c, _ in pairs][: len(queued)]:
             raise SystemExit(f"{work} holds other requests than the sequence's: use another --work")
-        if not queued or any(r.state in ("pending", "running") for r in queued):  # a finished batch is reused
-            for concept, anchor in sequence_of(sequence)[len(queued) :]:
+        if len(queued) < len(pairs) or any(r.state in ("pending", "running") for r in queued):
+            for concept, anchor in pairs[len(queued) :]:  # a batch that ended every request is reused as it is
                 if lethe([*common, "request", "add", concept, *(["--anchor", anchor] if anchor else [])]) != 0:
                     raise SystemExit(f"could not queue {concept}")
             start = time.time()

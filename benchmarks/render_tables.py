@@ -1117,7 +1117,6 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
 def export_markdown(rows: list[dict], plots: Path) -> str:
     """The three export formats of one text-to-image version, measured on the exported artefacts."""
     r = rows[-1]
-    exact = next(x for x in r["exports"] if x["format"] == "diffusers")
     body = [
         [
             "diffusers (exact)",
@@ -1129,6 +1128,8 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
             f"{exact['megabytes']:.1f} MB folder",
             "written",
         ]
+        for exact in r["exports"]
+        if exact["format"] == "diffusers"
     ]
     for x in r["exports"]:
         if x["format"] == "diffusers":
@@ -1176,7 +1177,7 @@ def export_tuning_markdown(rows: list[dict], plots: Path) -> str:
     header = ["configuration", "changed", "forget (prompts, max)", "forget (held-out, max)", "retained vs base"]
     header += ["unexplained", "LoRA / UNet", "seconds", "gates"]
     body = []
-    shipped = rows[0]["export_settings"]
+    shipped = next((r for r in rows if r["label"] == "shipped"), rows[0])["export_settings"]
     for r in rows:
         changed = {k: v for k, v in r["export_settings"].items() if shipped.get(k) != v}
         for x in (x for x in r["exports"] if x["format"] == "lora"):

@@ -51,8 +51,12 @@ def plan_of(ctx, request: Request) -> AttemptPlan:
 
 
 def hardenable(ctx) -> bool:
-    """Whether the recovery rung applies: adversarial rows exist for class-conditional models only."""
-    return generator_kind(ctx.settings.generator) == "class-conditional"
+    """Whether the recovery rung applies: adversarial rows exist for class-conditional models only. The kind
+    is the production version's (its `generator_kind` tag; versions from before the tag are class-conditional),
+    what the attempt trains on, so a worker never needs the base's folder for it."""
+    production = ctx.registry.production()
+    kind = production.tags.get("generator_kind", "class-conditional") if production is not None else None
+    return (kind or generator_kind(ctx.settings.generator)) == "class-conditional"
 
 
 def record_of(plan: AttemptPlan, report: dict, seconds: float) -> dict:

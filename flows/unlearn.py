@@ -381,6 +381,7 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
             "trainable_params": trained.trainable_params,
             "train_seconds": trained.seconds,
             "attempt": plan.attempt,
+            "adversarial_rounds_run": sum("attack_round" in h for h in trained.history),  # what training did
         }
     )
     if not reasons:  # this version fulfils the request: how long the request waited for production

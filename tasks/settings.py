@@ -307,8 +307,9 @@ LADDER_RUNGS = ("anchor", "recovery", "steps", "intensity")
 
 
 class EscalationSettings(Section):
-    """The escalation ladder (flows/escalation.py): a request whose attempt fails its gates is tried again in the
-    same batch, each attempt adding the next rung's change to the previous attempt's settings."""
+    """The escalation ladder (flows/ladder.py, tasks/steps/escalation.py): a request whose attempt fails its
+    gates is tried again in the same batch, each attempt adding the next rung's change to the previous
+    attempt's settings."""
 
     attempts: Annotated[int, Field(ge=1, le=8)]  # at most, the first (as asked) included; 1 = no ladder
     budget_minutes: Positive  # the ladder's wall time: no new attempt starts once its attempts took this long
@@ -494,6 +495,8 @@ class Settings(Section):
                 f"escalation.adversarial_rounds {e.adversarial_rounds} must exceed train.adversarial.rounds "
                 f"{self.train.adversarial.rounds}: the recovery rung adds adversarial training"
             )
+        if "recovery" in e.ladder and self.train.weights.adversarial <= 0:
+            raise ValueError("train.weights.adversarial is 0: the recovery rung's adversarial rows would weigh nothing")
         return self
 
     @model_validator(mode="after")

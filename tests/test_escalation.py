@@ -145,6 +145,7 @@ def test_an_exhausted_ladder_fails_with_every_reason_and_notifies(tmp_path, pref
     assert str(registry.production().version) == "1"  # neither attempt became production
     second = registry.version(request.attempt_log[1]["version"])
     assert second.tags["attempt_changes"] == "recovery" and second.tags["attempt_adversarial_rounds"] == "3"
+    assert registry.client.get_run(second.run_id).data.metrics["adversarial_rounds_run"] == 3  # training did
     assert "3 adversarial rounds" in request.reasons
 
     subjects = [b["subject"] for b in receiver.bodies]
@@ -199,7 +200,7 @@ def test_a_kill_mid_ladder_resumes_without_repeating_or_skipping_an_attempt(tmp_
     assert keys == ["1", "2"]  # one version per attempt: nothing trained twice, nothing skipped
     assert str(registry.production().version) == request.version
 
-    # the outcome of an unkilled ladder: attempt 1 rejected as asked, attempt 2 passes with the intensity rung
+    # the outcome a ladder has without kills: attempt 1 rejected as asked, attempt 2 passes with the intensity rung
     first, second = request.attempt_log
     assert first["intensity"] == 0.0 and any("forget" in r for r in first["reasons"]) and first["why"] == "as asked"
     assert (second["intensity"], second["changes"]) == (2.0, ["intensity"])

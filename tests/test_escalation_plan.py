@@ -20,37 +20,45 @@ LADDER = EscalationSettings(
 
 
 def test_each_attempt_adds_the_next_rung_in_order():
-    plans = [plan_attempt(a, 1, None, {}, ["dress", "bag"][: a - 1], 200, 2.0, LADDER) for a in (1, 2, 3, 4)]
+    plans = [
+        plan_attempt(a, 1, None, {}, ["dress", "bag"][: a - 1], 200, 2.0, LADDER, rounds=0, hardenable=True)
+        for a in (1, 2, 3, 4)
+    ]
     assert [p.changes for p in plans] == [(), ("anchor",), ("anchor", "steps"), ("anchor", "steps", "intensity")]
     assert [p.avoid for p in plans] == [(), ("dress",), ("dress", "bag"), ("dress", "bag")]
     assert [p.steps for p in plans] == [200, 200, 400, 400] and [p.intensity for p in plans] == [2.0, 2.0, 2.0, 2.5]
     assert plans[0].why == "as asked" and "next automatic anchor" in plans[1].why
     assert plans[2].tags()["attempt_changes"] == "anchor,steps"
     with pytest.raises(ValueError, match="beyond"):
-        plan_attempt(5, 1, None, {}, [], 200, 2.0, LADDER)
+        plan_attempt(5, 1, None, {}, [], 200, 2.0, LADDER, rounds=0, hardenable=True)
 
 
 def test_a_fixed_anchor_skips_the_anchor_rung_and_a_retry_starts_a_new_ladder():
-    assert max_attempts(True, LADDER) == 3 and max_attempts(False, LADDER) == 4
-    plan = plan_attempt(2, 1, "dress", {}, ["dress"], 200, 2.0, LADDER)
+    assert max_attempts(True, LADDER, True) == 3 and max_attempts(False, LADDER, True) == 4
+    plan = plan_attempt(2, 1, "dress", {}, ["dress"], 200, 2.0, LADDER, rounds=0, hardenable=True)
     assert plan.changes == ("steps",) and plan.anchor == "dress" and plan.avoid == ()
-    retry = plan_attempt(5, 5, None, {"anchor": "coat", "steps": 300}, [], 200, 2.0, LADDER)
+    retry = plan_attempt(5, 5, None, {"anchor": "coat", "steps": 300}, [], 200, 2.0, LADDER, rounds=0, hardenable=True)
     assert (retry.rung, retry.anchor, retry.steps, retry.changes) == (0, "coat", 300, ())
     assert "retry" in retry.why
-    assert max_attempts(False, LADDER.model_copy(update={"attempts": 1})) == 1
+    assert max_attempts(False, LADDER.model_copy(update={"attempts": 1}), True) == 1
 
 
 def test_the_recovery_rung_turns_on_adversarial_training_where_the_model_has_it():
     ladder = LADDER.model_copy(update={"ladder": ["anchor", "recovery", "steps"], "adversarial_rounds": 3})
-    plans = [plan_attempt(a, 1, None, {}, ["dress", "bag"][: a - 1], 200, 2.0, ladder) for a in (1, 2, 3, 4)]
+    plans = [
+        plan_attempt(a, 1, None, {}, ["dress", "bag"][: a - 1], 200, 2.0, ladder, rounds=0, hardenable=True)
+        for a in (1, 2, 3, 4)
+    ]
     assert [p.adversarial_rounds for p in plans] == [0, 0, 3, 3] and [p.steps for p in plans] == [200, 200, 200, 400]
     assert "adversarial training" in plans[2].why and plans[2].tags()["attempt_adversarial_rounds"] == "3"
     # a text-to-image model has no adversarial rows: its ladder skips the rung rather than waste an attempt
-    text = plan_attempt(3, 1, None, {}, ["dress", "bag"], 200, 2.0, ladder, hardenable=False)
+    text = plan_attempt(3, 1, None, {}, ["dress", "bag"], 200, 2.0, ladder, rounds=0, hardenable=False)
     assert (text.changes, text.adversarial_rounds, text.steps) == (("anchor", "steps"), 0, 400)
     assert max_attempts(False, ladder, hardenable=False) == 3 and max_attempts(True, ladder, hardenable=False) == 2
-    # rounds already on stay on (the rung never lowers them)
-    assert plan_attempt(1, 1, None, {}, [], 200, 2.0, ladder, rounds=5).adversarial_rounds == 5
+    # rounds the settings already turn on pass through, and the rung never lowers them
+    assert plan_attempt(1, 1, None, {}, [], 200, 2.0, ladder, rounds=1, hardenable=True).adversarial_rounds == 1
+    assert plan_attempt(3, 1, None, {}, ["a", "b"], 200, 2.0, ladder, rounds=1, hardenable=True).adversarial_rounds == 3
+    assert plan_attempt(3, 1, None, {}, ["a", "b"], 200, 2.0, ladder, rounds=5, hardenable=True).adversarial_rounds == 5
 
 
 def test_the_queue_logs_each_attempt_once_and_keeps_decisions(tmp_path):

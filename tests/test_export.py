@@ -66,7 +66,7 @@ LOADER = textwrap.dedent(
             drawn = pipe([ask["concept"]], num_images_per_concept=ask["n"], seed=ask["seed"],
                          batch_size=ask["batch_size"], output_type="raw", **common)
         images[str(i)] = drawn.images.contiguous()
-        print(type(pipe).__name__, type(pipe.unet).__name__)
+        print("LOADED", type(pipe).__name__, type(pipe.unet).__name__)
     save_file(images, out)
     """
 )
@@ -88,7 +88,8 @@ def load_many_without_lethe(tmp_path: Path, *asks: dict) -> list[tuple[torch.Ten
         [sys.executable, "-c", LOADER, str(out), asks_json], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    images, names = load_file(out), done.stdout.strip().splitlines()[-len(asks) :]
+    names = [line.removeprefix("LOADED ") for line in done.stdout.splitlines() if line.startswith("LOADED ")]
+    images = load_file(out)
     return [(images[str(i)], names[i]) for i in range(len(asks))]
 
 
@@ -391,6 +392,9 @@ def test_a_distilled_lora_and_merged_export_load_without_lethe_or_custom_code(te
     assert logged.tags["source_version"] == manifest["version"] and logged.tags["forgotten"] == "trouser"
     local = registry.client.download_artifacts(logged.run_id, "model", str(tmp_path / "mlflow-lora"))
     assert "lethe" not in (Path(local) / "requirements.txt").read_text()
+    from lethe.tasks.operations.log_lora import log_lora
+
+    assert log_lora(registry, lora, base) == "models:/lethe-generator-lora/1"  # the same weights: logged once
     served = mlflow.pyfunc.load_model(local).predict(
         pd.DataFrame({"prompt": ["a photo of trousers"]}),
         params={"num_inference_steps": 3, "guidance_scale": 2.0, "height": 16, "width": 16},

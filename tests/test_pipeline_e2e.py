@@ -181,14 +181,17 @@ def test_a_step_that_fails_its_gates_never_reaches_production(tiny_pipeline, pre
     assert rejected.tags["gate"] == "failed" and "retained accuracy fell" in rejected.tags["gate_reasons"]
     request = RequestQueue(ws.queue_db).get(1)
     assert request.state == "failed" and "retained accuracy fell" in request.reasons
-    # the ladder tried three times, each attempt a rejected version, each automatic anchor a new one
-    attempts = [registry.version(v) for v in ("2", "3", "4")]
-    assert [v.tags["attempt"] for v in attempts] == ["1", "2", "3"] and all(
+    # the shipped ladder, one attempt per rung, each a rejected version, each automatic anchor a new one
+    attempts = [registry.version(v) for v in ("2", "3", "4", "5")]
+    assert [v.tags["attempt"] for v in attempts] == ["1", "2", "3", "4"] and all(
         v.tags["gate"] == "failed" for v in attempts
     )
     anchors = [a["anchor"] for a in request.attempt_log]
-    assert len(set(anchors)) == 3 and [v.tags["anchor"] for v in attempts] == anchors
-    # the shipped ladder: a new anchor, then adversarial training against the recovery attack as well
-    assert [(a["steps"], a["adversarial_rounds"]) for a in request.attempt_log] == [(6, 0), (6, 0), (6, 3)]
-    assert "attempt 3" in request.reasons and attempts[2].tags["attempt_changes"] == "anchor,recovery"
+    assert len(set(anchors)) == 4 and [v.tags["anchor"] for v in attempts] == anchors
+    # a new anchor, then adversarial training against the recovery attack as well, then twice the steps
+    assert [(a["steps"], a["adversarial_rounds"]) for a in request.attempt_log] == [(6, 0), (6, 0), (6, 3), (12, 3)]
+    assert [v.tags["attempt_changes"] for v in attempts] == ["", "anchor", "anchor,recovery", "anchor,recovery,steps"]
+    rounds_run = [registry.client.get_run(v.run_id).data.metrics["adversarial_rounds_run"] for v in attempts]
+    assert rounds_run == [0, 0, 3, 3]  # training ran the rounds the plan asked for
+    assert "attempt 4" in request.reasons
     assert request.anchor is None  # still automatic: a retry starts from the automatic rule again

@@ -6,10 +6,10 @@ first with k-1 changes, in the declared order:
 
 - `anchor`: the automatic anchor again, never one an earlier attempt of this ladder tried (so the next one by the
   anchor rule's measured confusion). Requests whose anchor is fixed (by the request or a retry) skip this rung.
-- `steps`: `train.steps` times `escalation.steps_factor`.
 - `recovery`: adversarial training against the recovery attack (`train.adversarial.rounds` set to
   `escalation.adversarial_rounds`), for the recovery gate. Its rows exist for class-conditional models only, so
   a text-to-image request skips this rung.
+- `steps`: `train.steps` times `escalation.steps_factor`.
 - `intensity`: the new adapter's ODE horizon raised to `escalation.intensity`.
 
 The plan depends only on the request, its attempt log and the settings, so a batch killed mid-ladder recomputes
@@ -54,13 +54,13 @@ class AttemptPlan:
         }
 
 
-def rungs_for(anchor_fixed: bool, ladder: list[str], hardenable: bool = True) -> list[str]:
+def rungs_for(anchor_fixed: bool, ladder: list[str], hardenable: bool) -> list[str]:
     """The ladder a request climbs: the anchor rung only where the anchor is the automatic rule's, the recovery
     rung only where adversarial rows exist for the model (`hardenable`: class-conditional)."""
     return [r for r in ladder if not (r == "anchor" and anchor_fixed) and not (r == "recovery" and not hardenable)]
 
 
-def max_attempts(anchor_fixed: bool, escalation: EscalationSettings, hardenable: bool = True) -> int:
+def max_attempts(anchor_fixed: bool, escalation: EscalationSettings, hardenable: bool) -> int:
     """How many attempts a ladder may take: the setting, and no more than one per change available."""
     return min(escalation.attempts, 1 + len(rungs_for(anchor_fixed, escalation.ladder, hardenable)))
 
@@ -74,8 +74,9 @@ def plan_attempt(
     steps: int,
     intensity: float,
     escalation: EscalationSettings,
-    rounds: int = 0,
-    hardenable: bool = True,
+    *,
+    rounds: int,
+    hardenable: bool,
 ) -> AttemptPlan:
     """The plan of `attempt`, on a ladder that began at `ladder_start`, for a request with `anchor` (None:
     automatic) and a person's `overrides`; `earlier_anchors` are what this ladder's earlier attempts used;

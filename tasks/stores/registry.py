@@ -51,27 +51,24 @@ MANIFEST_FILE = "weights.sha256"  # the model folder's artifacts/weights.sha256:
 BATCH_LIMIT = 100  # params per MLflow log_batch call
 MODELS_CODE = Path(lethe.models.__file__).resolve().parent  # the lethe.models package, wherever it is installed
 # What loading a version needs, pinned (constraints.txt); nothing resolved by a bare name.
-PIP_REQUIREMENTS = [
-    "torch==2.13.0",
-    "diffusers==0.42.1",
-    "transformers==5.23.0",
-    "tokenizers==0.23.3",
-    "torchdiffeq==0.2.5",
-    "safetensors==0.8.0",
-    "numpy==2.4.6",
-    "pandas==3.1.1",
-]
+PINS = {
+    "torch": "2.13.0",
+    "diffusers": "0.42.1",
+    "transformers": "5.23.0",
+    "tokenizers": "0.23.3",
+    "torchdiffeq": "0.2.5",
+    "safetensors": "0.8.0",
+    "numpy": "2.4.6",
+    "pandas": "3.1.1",
+    "peft": "0.21.2",
+}
+PIP_REQUIREMENTS = [f"{p}=={PINS[p]}" for p in PINS if p != "peft"]
 
 
 LORA_MODEL_SUFFIX = "-lora"  # LoRA exports register as versions of `<registry.model_name>-lora`
 # MLflow's diffusers flavour loads the base with diffusers and the LoRA with peft: what its environment needs.
 LORA_REQUIREMENTS = [
-    "torch==2.13.0",
-    "diffusers==0.42.1",
-    "transformers==5.23.0",
-    "tokenizers==0.23.3",
-    "peft==0.21.2",
-    "safetensors==0.8.0",
+    f"{p}=={PINS[p]}" for p in ("torch", "diffusers", "transformers", "tokenizers", "peft", "safetensors")
 ]
 
 
@@ -305,31 +302,36 @@ class Registry:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name, description="LoRA exports of Lethe versions (diffusers flavour).")
-        digest = tags["lethe_export_sha256"]
-        for found in self.client.search_model_versions(f"name = '{name}'"):
-            if found.tags.get("lethe_export_sha256") == digest:
-                return f"models:/{name}/{found.version}"
-        run = self.client.create_run(self.experiment_id, run_name=f"lora-of-v{tags['source_version']}", tags=tags)
-        run_id = run.info.run_id
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.diffusers.save_model(
-                    adapter_path=str(weights),
-                    path=str(Path(tmp) / "model"),
-                    base_model=str(base),
-                    pip_requirements=LORA_REQUIREMENTS,
-                    metadata={"lethe": tags},
-                )
-                self.client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
-            for path in sorted(export.iterdir()):
-                if path.is_file() and path != weights:  # the card and the manifest, beside the model
-                    self.client.log_artifact(run_id, str(path), "export")
-        except BaseException:
-            self.client.set_terminated(run_id, "FAILED")
-            raise
-        self.client.set_terminated(run_id, "FINISHED")
+        key = f"lora-{tags['lethe_export_sha256']}"  # the weights, by hash: logged once, however often asked
+        found = self.client.search_model_versions(f"name = '{name}' and tags.{REGISTRATION_KEY} = '{key}'")
+        if found:
+            return f"models:/{name}/{found[0].version}"
+        self._abandon_unfinished_runs(key)  # a killed earlier try
+        run_id = self._finished_run(key)
+        if run_id is None:
+            run_tags = tags | {REGISTRATION_KEY: key}
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=f"lora-of-v{tags['source_version']}", tags=run_tags
+            ).info.run_id
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    mlflow.diffusers.save_model(
+                        adapter_path=str(weights),
+                        path=str(Path(tmp) / "model"),
+                        base_model=str(base),
+                        pip_requirements=LORA_REQUIREMENTS,
+                        metadata={"lethe": tags},
+                    )
+                    self.client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+                for path in sorted(export.iterdir()):
+                    if path.is_file() and path != weights:  # the card and the manifest, beside the model
+                        self.client.log_artifact(run_id, str(path), "export")
+            except BaseException:
+                self.client.set_terminated(run_id, "FAILED")
+                raise
+            self.client.set_terminated(run_id, "FINISHED")
         source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
-        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags)
+        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags | {REGISTRATION_KEY: key})
         return f"models:/{name}/{version.version}"
 
     def log_file(self, version: str, path: Path, artifact_path: str) -> None:
