@@ -1090,6 +1090,7 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
     body = [
         [
             r["sequence"],
+            f"[{', '.join(r['escalation']['ladder'])}], {r['escalation']['attempts']} attempts",
             str(r["requests"]),
             f"{r['done']} ({pct(r['fulfilment_rate'])})",
             str(r["done_first_attempt"]),
@@ -1101,7 +1102,8 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
         ]
         for r in rows
     ]
-    header = ["sequence", "requests", "done", "on 1st attempt", "extra attempts", "extra min", "batch min", "laddered"]
+    header = ["sequence", "ladder", "requests", "done", "on 1st attempt", "extra attempts", "extra min", "batch min"]
+    header.append("laddered")
     return "\n".join(
         [
             "## Fulfilment (issue 16)",
