@@ -32,8 +32,9 @@ class Interrupted(Exception):
 Step = Callable  # flows.unlearn.unlearn_request: (ctx, request, plan) -> the attempt's report
 
 
-def plan_of(ctx, request: Request) -> AttemptPlan:
-    """The running attempt's plan, from the request's record (so a resumed attempt gets the same one)."""
+def plan_of(ctx, request: Request, hardened: bool) -> AttemptPlan:
+    """The running attempt's plan, from the request's record (so a resumed attempt gets the same one);
+    `hardened`: whether the recovery rung applies to this model (`hardenable`)."""
     earlier = [r.get("anchor") for r in request.attempt_log if r.get("attempt", 0) >= request.ladder_start]
     s = ctx.settings
     return plan_attempt(
@@ -46,7 +47,7 @@ def plan_of(ctx, request: Request) -> AttemptPlan:
         s.adapter.intensity,
         s.escalation,
         rounds=s.train.adversarial.rounds,
-        hardenable=hardenable(ctx),
+        hardenable=hardened,
     )
 
 
@@ -142,9 +143,10 @@ def fulfil(ctx, request: Request, step: Step, logger) -> tuple[Request, list[dic
     report. Raises Interrupted on an outage."""
     reports = []
     escalation = ctx.settings.escalation
+    hardened = hardenable(ctx)  # production changes only when an attempt passes, and then the ladder ends
     while True:
         try:
-            plan = plan_of(ctx, request)
+            plan = plan_of(ctx, request, hardened)
         except ValueError as beyond:  # the settings shrank the ladder under a resumed request
             return ctx.queue.fail(request.id, f"{every_reason(ladder_log(request))} | {beyond}".strip(" |")), reports
         logger.info("request %s, attempt %s: %s", request.id, plan.attempt, plan.why)
@@ -155,7 +157,7 @@ def fulfil(ctx, request: Request, step: Step, logger) -> tuple[Request, list[dic
         if report["promoted"]:
             done = ctx.queue.complete(request.id, report["version"], anchor=report.get("anchor"), record=record)
             return done, reports
-        limit = max_attempts(plan.anchor is not None, escalation, hardenable(ctx))
+        limit = max_attempts(plan.anchor is not None, escalation, hardened)
         spent = ladder_seconds(request) + record["seconds"]
         more = not report.get("error") and plan.rung + 1 < limit and spent < escalation.budget_minutes * 60
         if more:
