@@ -1,6 +1,8 @@
 """Choosing the consolidation setting on a validation stack (never the test sequence's).
 
     python benchmarks/consolidation_validation.py h16-1500 h64-3000 h64-g2-3000 persite-h16-1500
+    python benchmarks/consolidation_validation.py --out benchmarks/results/consolidation-validation-46.json \
+        h64-3000 h64-3000-f50 h64-3000-r8192      # the fold's rows, in the 46-concept world (issue 14)
 
 Builds an 8-request validation stack (the test sequence's first eight pairs reversed: concept and anchor swap),
 folds it under each named setting and judges the fold against the unfolded stack: forget accuracy of each of the
@@ -8,11 +10,13 @@ folds it under each named setting and judges the fold against the unfolded stack
 base (256 samples, median of 5 back-to-back pairs). Rule, fixed before the run: the cheapest setting (sampling
 ratio) whose fold passes the pipeline's gates against the unfolded stack (every forgotten concept at most
 `gates.forget_acc_max`, retained at least `gates.retain_ratio_min` of the stack's). Writes
-results/consolidation-validation.json (settings already measured are kept; the stack is cached in /tmp).
+results/consolidation-validation.json or --out (settings already measured are kept; the stack is cached in
+/tmp, one per output file). The first file was measured in the 20-concept world.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -46,16 +50,23 @@ CONFIGS = {
     "h64-3000": {"hidden": 64, "steps": 3000},
     "h64-g2-3000": {"hidden": 64, "steps": 3000, "grid_steps": 2},
     "persite-h16-1500": {"site": None, "hidden": 16, "steps": 1500},
+    "h64-3000-f50": {"hidden": 64, "steps": 3000, "forgotten_share": 0.5},
+    "h64-3000-r8192": {"hidden": 64, "steps": 3000, "rows": 8192},
 }
-STACK = Path("/tmp/lethe-consolidation-validation-stack")
 OUT = ROOT / "benchmarks" / "results" / "consolidation-validation.json"
 
 
-def main(names: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", choices=sorted(CONFIGS), help="the fold settings to measure")
+    parser.add_argument("--out", default=str(OUT), help="results file (settings already in it are kept)")
+    args = parser.parse_args(argv)
+    names, out = args.names, Path(args.out)
+    cached = Path(f"/tmp/lethe-{out.stem}-stack")
     s = load_settings(ROOT / "params.yaml")
     g, judge = Generator.from_folder(s.paths.base), Judge.load(s.paths.judge)
-    if STACK.exists():
-        stack = AdapterStack.load(STACK)
+    if cached.exists():
+        stack = AdapterStack.load(cached)
     else:
         stack, forgotten = AdapterStack(), []
         for i, (c, a) in enumerate(VALIDATION, 1):
@@ -64,7 +75,7 @@ def main(names: list[str]) -> int:
                 g, stack, r.forget_images, r.retain_images, r.retain_labels, c, a, s.adapter, s.train, f"request-{i}"
             ).stack
             forgotten.append(c)
-        stack.save(STACK)
+        stack.save(cached)
     forgotten = [c for c, _ in VALIDATION]
     retained = [c for c in g.concepts if c not in forgotten]
 
@@ -88,12 +99,12 @@ def main(names: list[str]) -> int:
             ratios.append((time.perf_counter() - t1) / (t1 - t0))
         return statistics.median(ratios)
 
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results = json.loads(out.read_text()) if out.is_file() else {}
     if "stack" not in results:
         results["stack"] = {"acc": accuracy(stack), "ratio": ratio(stack)}
     for name in names:
         config = s.consolidate.model_copy(update=CONFIGS[name])
-        r = consolidate(g, stack, "c", s.adapter, config, s.sampling)
+        r = consolidate(g, stack, "c", s.adapter, config, s.sampling, forgotten=tuple(forgotten))
         fold = r.consolidated
         results[name] = {
             "acc": accuracy(fold.stack),
@@ -102,7 +113,7 @@ def main(names: list[str]) -> int:
             "seconds": r.seconds,
         }
         print(name, results[name], flush=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        out.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

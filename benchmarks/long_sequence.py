@@ -221,7 +221,13 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
         if method == "lethe" and every and unconsolidated(stack) >= every:
             start = time.time()
             result = consolidate(
-                generator, stack, f"consolidated-{step}", settings.adapter, settings.consolidate, settings.sampling
+                generator,
+                stack,
+                f"consolidated-{step}",
+                settings.adapter,
+                settings.consolidate,
+                settings.sampling,
+                forgotten=tuple(forgotten),
             )
             seconds = time.time() - start
             step_seconds += seconds

@@ -113,6 +113,7 @@ def consolidate_production(ctx: Context, trigger: str) -> dict:
         return finish_registered(ctx, registered, parent)
     generator, stack = ctx.registry.load(parent.version)
     name = f"consolidated-v{parent.version}"
+    forgotten = forgotten_of(parent)
     try:
         result = consolidate_task(
             generator,
@@ -122,13 +123,13 @@ def consolidate_production(ctx: Context, trigger: str) -> dict:
             s.consolidate,
             s.sampling,
             progress=reporter(f"consolidate version {parent.version}"),
+            forgotten=tuple(forgotten),
         )
     except ValueError as error:
         if "nothing to consolidate" in str(error):
             raise NothingToConsolidate(f"production version {parent.version}: {error}") from None
         raise
     fitted = result.consolidated
-    forgotten = forgotten_of(parent)
     before = scored(ctx, samples_of(ctx, parent.version, bool(generator.paraphrased)), generator.concepts, forgotten)
     samples = evaluation_samples(ctx, generator, fitted.stack, f"consolidation of version {parent.version}: evaluate")
     after = scored(ctx, samples, generator.concepts, forgotten)

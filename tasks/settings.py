@@ -248,6 +248,7 @@ class ConsolidateSettings(Section):
     site: str | None  # one field at this whole decoder stage; None = one field per site the stack rewrites
     replay_per_concept: PositiveInt  # the stack's own samples per concept, noised into the rows
     rows: PositiveInt  # noised rows whose site features are recorded
+    forgotten_share: Annotated[float, Field(gt=0.0, lt=1.0)] | None  # rows from forgotten concepts; None = alike
     hidden: PositiveInt  # the consolidated field's width (a request's field: adapter.hidden)
     grid_steps: PositiveInt  # solver steps of the consolidated field, trained and deployed alike
     steps: PositiveInt  # Adam steps of the fit

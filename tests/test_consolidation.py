@@ -9,7 +9,7 @@ import torch
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.consolidation import active_sites, record_sites
 from lethe.models.ode_adapter import ODEAdapter
-from lethe.tasks.steps.consolidate import consolidate
+from lethe.tasks.steps.consolidate import consolidate, row_indices
 from tests.conftest import ode_config, small_settings, tiny_generator
 
 
@@ -147,3 +147,27 @@ def test_a_text_to_image_stack_folds_into_one_field_per_site(tmp_path):
         return float((generator.predict_noise(latents, t, text, adapters)[0] - target).pow(2).mean())
 
     assert gap(result.consolidated.stack) < 0.5 * gap(None)
+
+
+def test_the_fit_rows_can_lean_on_the_forgotten_concepts():
+    concepts = torch.arange(20).repeat_interleave(10)  # 10 samples of each of 20 concepts
+    drawn = row_indices(concepts, [3, 7], 1000, 0.5, torch.Generator().manual_seed(0))
+    assert len(drawn) == 1000 and int(torch.isin(concepts[drawn], torch.tensor([3, 7])).sum()) == 500
+    assert set(concepts[drawn].tolist()) == set(range(20))  # the other half still covers every other concept
+    # no share (or nothing forgotten): the draw the fold has always made, bit for bit
+    for forgotten, share in (([3, 7], None), ([], 0.5)):
+        alike = row_indices(concepts, forgotten, 1000, share, torch.Generator().manual_seed(0))
+        assert torch.equal(alike, torch.randint(200, (1000,), generator=torch.Generator().manual_seed(0)))
+    # every concept forgotten: the rows have nowhere else to come from
+    everything = row_indices(concepts, list(range(20)), 100, 0.5, torch.Generator().manual_seed(0))
+    assert len(everything) == 100
+
+
+def test_a_fold_weighted_to_forgotten_concepts_checks_their_names(generator):
+    stack = two_request_stack(generator)
+    settings = small_settings(consolidate__forgotten_share=0.5)
+    args = ("folded", settings.adapter, settings.consolidate, settings.sampling)
+    with pytest.raises(ValueError, match=r"forgotten concept\(s\) \['nonsense'\] are not the generator's"):
+        consolidate(generator, stack, *args, forgotten=("nonsense",))
+    result = consolidate(generator, stack, *args, forgotten=(generator.concepts[0],))
+    assert result.folded == ["request-1", "request-2"]

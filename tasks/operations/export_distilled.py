@@ -52,7 +52,7 @@ class ExportRefused(RuntimeError):
 
 def fit(generator, adapters: AdapterStack, export: ExportSettings, sampling: SamplingSettings, progress=None):
     """The LoRA, fitted to the adapted UNet on noised rows of the version's own samples."""
-    x0, text = replay_rows(generator, adapters, export.replay_per_concept, export.seed, sampling)
+    x0, text, _ = replay_rows(generator, adapters, export.replay_per_concept, export.seed, sampling)
     rng = torch.Generator().manual_seed(export.seed)
     idx = torch.randint(len(x0), (export.rows,), generator=rng)
     x0, text = x0[idx], text[idx].clone()

@@ -30,21 +30,35 @@ class ConsolidationResult:
 
 @torch.no_grad()
 def replay_rows(generator, stack: AdapterStack, n: int, seed: int, sampling: SamplingSettings):
-    """(clean inputs, conditioning) of about n samples of every concept, drawn with the stack (a text-to-image
-    model's in latent space, conditioned on the text features of their prompts)."""
+    """(clean inputs, conditioning, concept index of each) of about n samples of every concept, drawn with the
+    stack (a text-to-image model's in latent space, conditioned on the text features of their prompts)."""
     if generator.kind == "class-conditional":
         images, labels = sample(
             generator, generator.concepts, n, seed, sampling.steps, stack, sampling.guidance, sampling.batch_size
         )
-        return images, labels
-    prompts = [p for c in generator.concepts for p in generator.prompts_of(c)]
+        return images, labels, labels
+    owned = [(i, p) for i, c in enumerate(generator.concepts) for p in generator.prompts_of(c)]
+    prompts = [p for _, p in owned]
     k = max(1, -(-n * len(generator.concepts) // len(prompts)))  # about n per concept, spread over its prompts
     latents = generator.sample(
         prompts, k, seed, sampling.steps, sampling.guidance, stack, sampling.batch_size, latents=True
     )
     rows = [p for p in prompts for _ in range(k)]
     text = torch.cat([generator.encode_prompts(rows[i : i + 256]) for i in range(0, len(rows), 256)])
-    return latents, text
+    return latents, text, torch.tensor([i for i, _ in owned]).repeat_interleave(k)
+
+
+def row_indices(concepts: torch.Tensor, forgotten: list[int], rows: int, share: float | None, rng) -> torch.Tensor:
+    """Which samples the fit's rows are drawn from: all alike (`share` None), or `share` of the rows from the
+    forgotten concepts' samples, where the stack changes the model most and the gates are tightest, and the rest
+    from the others'. A side with no samples gives its rows to the other."""
+    if share is None or not forgotten:
+        return torch.randint(len(concepts), (rows,), generator=rng)
+    chosen = torch.isin(concepts, torch.tensor(forgotten))
+    pools = [chosen.nonzero().flatten(), (~chosen).nonzero().flatten()]
+    n_forgotten = rows if len(pools[1]) == 0 else 0 if len(pools[0]) == 0 else round(rows * share)
+    counts = [n_forgotten, rows - n_forgotten]
+    return torch.cat([pool[torch.randint(len(pool), (k,), generator=rng)] for pool, k in zip(pools, counts) if k])
 
 
 def consolidation_config(adapter: AdapterSettings, consolidate: ConsolidateSettings) -> ODEConfig:
@@ -60,8 +74,10 @@ def consolidate(
     consolidate: ConsolidateSettings,
     sampling: SamplingSettings,
     progress=None,
+    forgotten: tuple[str, ...] = (),
 ) -> ConsolidationResult:
-    """Fold every enabled adapter of `stack` into the one adapter `name` (a new one-adapter stack)."""
+    """Fold every enabled adapter of `stack` into the one adapter `name` (a new one-adapter stack); `forgotten`:
+    the concepts the stack forgets (what `consolidate.forgotten_share` draws rows from)."""
     start = time.time()
     folded = [n for n, s in stack.slots.items() if s.enabled and s.intensity > 0]
     if len(folded) < 2:
@@ -70,9 +86,12 @@ def consolidate(
             "consolidation folds two or more"
         )
     generator.requires_grad_(False)
-    x0, cond = replay_rows(generator, stack, consolidate.replay_per_concept, consolidate.seed, sampling)
+    if unknown := sorted(set(forgotten) - set(generator.concepts)):
+        raise ValueError(f"forgotten concept(s) {unknown} are not the generator's; known: {generator.concepts}")
+    x0, cond, concepts = replay_rows(generator, stack, consolidate.replay_per_concept, consolidate.seed, sampling)
     rng = torch.Generator().manual_seed(consolidate.seed)
-    idx = torch.randint(len(x0), (consolidate.rows,), generator=rng)
+    ids = [generator.concepts.index(c) for c in forgotten]
+    idx = row_indices(concepts, ids, consolidate.rows, consolidate.forgotten_share, rng)
     x0, cond = x0[idx], cond[idx]
     t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
     xt = generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
