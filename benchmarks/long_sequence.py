@@ -204,6 +204,8 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
     first = 1
     checkpoint = CHECKPOINTS / f"long-sequence-{name}"
     identity = {"method": method, "every": every, "sequence": [list(pair) for pair in bench.sequence]}
+    if method == "lethe":  # a fold setting changed mid-run would mix two runs in one curve
+        identity["consolidate"] = settings.consolidate.model_dump(mode="json")
     resumed = resume(bench, checkpoint, identity, kept, name)
     if resumed:
         rows, generator, stack, forgotten, anchors, parent, first = resumed
