@@ -89,8 +89,8 @@ def main(argv=None) -> int:
         "command": "python benchmarks/fulfilment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     out = Path(args.out)
-    same = lambda r: r["sequence"] == args.sequence and r["escalation"] == result["escalation"]  # noqa: E731
-    kept = [r for r in (json.loads(out.read_text()) if out.is_file() else []) if not same(r)]  # one row per ladder
+    earlier = json.loads(out.read_text()) if out.is_file() else []
+    kept = [r for r in earlier if (r["sequence"], r["escalation"]) != (args.sequence, result["escalation"])]
     write(kept + [result], out)
     print(json.dumps({k: result[k] for k in ("sequence", "requests", "done", "extra_attempts", "extra_minutes")}))
     return 0

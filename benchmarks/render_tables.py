@@ -1102,8 +1102,8 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
         ]
         for r in rows
     ]
-    header = ["sequence", "ladder", "requests", "done", "on 1st attempt", "extra attempts", "extra min", "batch min"]
-    header.append("laddered")
+    header = ["sequence", "ladder", "requests", "done", "on 1st attempt", "extra attempts", "extra min"]
+    header += ["batch min", "laddered"]
     return "\n".join(
         [
             "## Fulfilment (issue 16)",

@@ -51,14 +51,13 @@ def replay_rows(generator, stack: AdapterStack, n: int, seed: int, sampling: Sam
 def row_indices(concepts: torch.Tensor, forgotten: list[int], rows: int, share: float | None, rng) -> torch.Tensor:
     """Which samples the fit's rows are drawn from: all alike (`share` None), or `share` of the rows from the
     forgotten concepts' samples, where the stack changes the model most and the gates are tightest, and the rest
-    from the others'. A side with no samples gives its rows to the other."""
-    if share is None or not forgotten:
+    from the others'. Where either side has no samples, all alike."""
+    chosen = torch.isin(concepts, torch.tensor(forgotten, dtype=concepts.dtype))
+    if share is None or chosen.all() or not chosen.any():
         return torch.randint(len(concepts), (rows,), generator=rng)
-    chosen = torch.isin(concepts, torch.tensor(forgotten))
     pools = [chosen.nonzero().flatten(), (~chosen).nonzero().flatten()]
-    n_forgotten = rows if len(pools[1]) == 0 else 0 if len(pools[0]) == 0 else round(rows * share)
-    counts = [n_forgotten, rows - n_forgotten]
-    return torch.cat([pool[torch.randint(len(pool), (k,), generator=rng)] for pool, k in zip(pools, counts) if k])
+    counts = [round(rows * share), rows - round(rows * share)]
+    return torch.cat([pool[torch.randint(len(pool), (k,), generator=rng)] for pool, k in zip(pools, counts)])
 
 
 def consolidation_config(adapter: AdapterSettings, consolidate: ConsolidateSettings) -> ODEConfig:
