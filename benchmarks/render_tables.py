@@ -1127,6 +1127,7 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
             "-",
             "-",
             "-",
+            "-",
             f"{exact['megabytes']:.1f} MB folder",
             "written",
         ]
@@ -1143,6 +1144,7 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
                 pct(x["forget_max"]),
                 pct(x["held_out_forget_max"]),
                 f"{x['retain_vs_base']:.3f}",
+                pct(x["table"]["recovery attack (max)"]),
                 str(x["table"]["share of the stack's change left unexplained"]),
                 f"LoRA {pct(x['lora_share'])} of the UNet" if x["format"] == "lora" else "plain UNet weights",
                 "written" if x["passed"] else "refused: " + "; ".join(x["reasons"]),
@@ -1154,6 +1156,7 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
         "forget (prompts, max)",
         "forget (held-out, max)",
         "retained vs base",
+        "recovery (max)",
         "unexplained",
         "size",
         "gates",
@@ -1177,7 +1180,7 @@ def export_markdown(rows: list[dict], plots: Path) -> str:
 def export_tuning_markdown(rows: list[dict], plots: Path) -> str:
     """export-validation.json: the distilled export's settings tried on the validation sequence, one run each."""
     header = ["configuration", "changed", "forget (prompts, max)", "forget (held-out, max)", "retained vs base"]
-    header += ["unexplained", "LoRA / UNet", "seconds", "gates"]
+    header += ["recovery (max)", "unexplained", "LoRA / UNet", "seconds", "gates"]
     body = []
     shipped = next((r for r in rows if r["label"] == "shipped"), rows[0])["export_settings"]
     for r in rows:
@@ -1190,6 +1193,7 @@ def export_tuning_markdown(rows: list[dict], plots: Path) -> str:
                     pct(x["forget_max"]),
                     pct(x["held_out_forget_max"]),
                     f"{x['retain_vs_base']:.3f}",
+                    pct(x["table"]["recovery attack (max)"]),
                     str(x["table"]["share of the stack's change left unexplained"]),
                     pct(x["lora_share"], 2),
                     f"{x['seconds']:.0f}",

@@ -9,11 +9,18 @@ share on the empty prompt, because classifier-free guidance runs the adapters on
 
 The fit is scored like a consolidation: the share of the stack's change left unexplained,
 |student - teacher|^2 / |teacher - base|^2 over the rows (1 = the base, 0 = the stack exactly).
+
+Rows of the version's own prompts teach the LoRA what the version does where it is asked plainly; they say
+nothing of an attacker's text features, where a LoRA that matches the stack on its rows can still draw the
+concept. So the fit can run in rounds (AdvUnlearn's idea, as `models.attacked_rows` does for an adapter): after
+each phase the caller attacks the student as it stands and returns rows conditioned on what the attack found,
+with the stack's outputs there as targets; later batches draw a share from every such row kept.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +44,13 @@ class DistilRows:
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    def __getitem__(self, idx: torch.Tensor) -> "DistilRows":
+        return DistilRows(self.latents[idx], self.timesteps[idx], self.text[idx], self.targets[idx], self.base[idx])
+
+    @staticmethod
+    def cat(parts: list["DistilRows"]) -> "DistilRows":
+        return DistilRows(*(torch.cat([getattr(p, f) for p in parts]) for f in DistilRows.__dataclass_fields__))
 
 
 @dataclass
@@ -104,8 +118,18 @@ def distil_lora(
     lr: float,
     seed: int,
     progress=None,
+    rounds: int = 0,
+    attacked: Callable[[nn.Module, int], DistilRows] | None = None,
+    attacked_share: float = 0.0,
 ) -> DistilledLoRA:
-    """A copy of `unet` with a rank-`rank` LoRA on `modules`, fitted by Adam to `rows.targets`."""
+    """A copy of `unet` with a rank-`rank` LoRA on `modules`, fitted by Adam to `rows.targets`. With `rounds`,
+    the steps are cut into `rounds` + 1 phases; after each phase but the last, `attacked(student, round)` gives
+    rows found against the student as it stands (frozen while it is attacked), and every later batch draws
+    `attacked_share` of its rows from all those kept. `unexplained` is scored on `rows` alone."""
+    if rounds and attacked is None:
+        raise ValueError("a fit in rounds needs `attacked`, which finds the rows of each round")
+    if not 0.0 <= attacked_share < 1.0:
+        raise ValueError(f"attacked_share must be in [0, 1), not {attacked_share}")
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(unet).requires_grad_(False)
@@ -113,16 +137,22 @@ def distil_lora(
         LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, init_lora_weights=True), adapter_name=ADAPTER_NAME
     )
     params = [p for n, p in student.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
     optimiser = torch.optim.Adam(params, lr=lr)
     scale = (rows.targets - rows.base).pow(2).mean().clamp_min(1e-12)  # the loss reads as a share of the change
+    phase_ends = {round(steps * (r + 1) / (rounds + 1)): r for r in range(rounds)}
+    kept: list[DistilRows] = []
+    extra: DistilRows | None = None
     history = []
     student.train()
+    for p in params:
+        p.requires_grad_(True)
     for step in range(1, steps + 1):
-        idx = torch.randint(len(rows), (batch_size,), generator=rng)
-        out = student(rows.latents[idx], rows.timesteps[idx], encoder_hidden_states=rows.text[idx]).sample
-        loss = (out - rows.targets[idx]).pow(2).mean() / scale
+        n_extra = round(batch_size * attacked_share) if extra is not None else 0
+        batch = rows[torch.randint(len(rows), (batch_size - n_extra,), generator=rng)]
+        if n_extra:
+            batch = DistilRows.cat([batch, extra[torch.randint(len(extra), (n_extra,), generator=rng)]])
+        out = student(batch.latents, batch.timesteps, encoder_hidden_states=batch.text).sample
+        loss = (out - batch.targets).pow(2).mean() / scale
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the LoRA fit diverged at step {step} of {steps}")
         optimiser.zero_grad(set_to_none=True)
@@ -132,6 +162,14 @@ def distil_lora(
             history.append({"step": step, "loss": round(float(loss.detach()), 5)})
             if progress:
                 progress(step, steps, history[-1])
+        if step in phase_ends:
+            student.eval().requires_grad_(False)
+            kept.append(attacked(student, phase_ends[step]))
+            extra = DistilRows.cat(kept)
+            history.append({"step": step, "round": phase_ends[step] + 1, "attacked_rows": len(extra)})
+            student.train()
+            for p in params:
+                p.requires_grad_(True)
     student.eval().requires_grad_(False)
     return DistilledLoRA(student, modules, rank, round(unexplained(student, rows, 256), 5), history)
 

@@ -253,6 +253,16 @@ def recover_token_embedding(
 
 
 @torch.no_grad()
+def token_embedding_features(generator: TextToImageGenerator, vector: torch.Tensor) -> torch.Tensor:
+    """The text features (1, tokens, dim) of the attack's prompt with `vector` at its placeholder: what the UNet
+    attends to when an attacker prompts with what `recover_token_embedding` found."""
+    prompt, token = attack_prompt(generator.tokenizer)
+    table = generator.text_encoder.get_input_embeddings()
+    with row_in_place_of(table, token, vector.to(table.weight.device)):
+        return generator.encode_prompts([prompt])
+
+
+@torch.no_grad()
 def sample_with_token_embedding(
     generator: TextToImageGenerator,
     adapters: AdapterStack | None,

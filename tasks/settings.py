@@ -449,6 +449,9 @@ class ExportSettings(Section):
     batch_size: PositiveInt
     lr: Positive
     seed: int
+    attack_rounds: Annotated[int, Field(ge=0)]  # rounds of the recovery attack against the fit (0: none)
+    attack_rows: PositiveInt  # rows kept per forgotten concept and round, conditioned on what the attack found
+    attack_share: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of every later batch drawn from those rows
 
 
 class Settings(Section):

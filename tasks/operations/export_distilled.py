@@ -8,6 +8,11 @@ loaded back from the files as written, the way a user would load it, and run thr
 evaluation against the version itself: forget accuracy on the requests' prompts and on held-out paraphrases,
 retained accuracy, KID and the recovery audit. It is written only when it passes the version gates; otherwise
 the numbers are printed and nothing is left behind.
+
+With `export.attack_rounds`, the fit is attacked as it goes: after each phase, the recovery attack (the audit's
+budget, `recovery`) runs against the student on every forgotten concept, and what it finds becomes rows whose
+targets are the version's own outputs there. The attacker's images are the base's samples of the concept's
+prompts, never the real images the audit attacks with.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from lethe.models.adapter_stack import AdapterStack
-from lethe.models.lora_distill import ADAPTER_NAME, distil_lora, kohya_state_dict, lora_modules, teacher_rows
+from lethe.models.lora_distill import (
+    ADAPTER_NAME,
+    DistilRows,
+    distil_lora,
+    kohya_state_dict,
+    lora_modules,
+    teacher_rows,
+)
+from lethe.models.recovery_attack import recover_token_embedding, token_embedding_features
 from lethe.models.text_generator import TextToImageGenerator
 from lethe.tasks.operations.export_version import (
     check_new_folder,
@@ -34,7 +47,7 @@ from lethe.tasks.settings import EvalSettings, ExportSettings, GateSettings, Rec
 from lethe.tasks.steps.consolidate import replay_rows
 from lethe.tasks.steps.evaluate import HELD_OUT, EvalCache, eval_key, generate_samples, score
 from lethe.tasks.steps.gates import check_gates
-from lethe.tasks.steps.recovery_audit import audit_recovery
+from lethe.tasks.steps.recovery_audit import attacker_latents, audit_recovery
 from lethe.tasks.stores.registry import Registry
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes and loads
@@ -50,20 +63,59 @@ class ExportRefused(RuntimeError):
         self.result = result
 
 
-def fit(generator, adapters: AdapterStack, export: ExportSettings, sampling: SamplingSettings, progress=None):
-    """The LoRA, fitted to the adapted UNet on noised rows of the version's own samples."""
+def noised(generator, x0: torch.Tensor, rng: torch.Generator):
+    """`x0` noised at uniform timesteps: (x_t, t)."""
+    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
+    return generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t), t
+
+
+def attack_rounds(generator, adapters: AdapterStack, forgotten: list[str], export, recovery, sampling):
+    """What the fit calls after each phase: the recovery attack against the student on every forgotten concept,
+    returning `export.attack_rows` rows per concept conditioned on the vector found, with the version's targets."""
+    latents = {c: attacker_latents(generator, c, None, recovery, sampling) for c in forgotten}
+
+    def attacked(student, round_: int) -> DistilRows:
+        attacked_model = TextToImageGenerator(
+            student, generator.vae, generator.text_encoder, generator.tokenizer, generator.scheduler
+        )
+        parts = []
+        for i, (concept, x0) in enumerate(latents.items()):
+            seed = export.seed + 1000 * (round_ + 1) + i
+            vector, _ = recover_token_embedding(
+                attacked_model, None, x0, recovery.steps, recovery.lr, recovery.batch_size, seed
+            )
+            rng = torch.Generator().manual_seed(seed)
+            xt, t = noised(generator, x0[torch.randint(len(x0), (export.attack_rows,), generator=rng)], rng)
+            text = token_embedding_features(generator, vector).expand(export.attack_rows, -1, -1).contiguous()
+            parts.append(teacher_rows(generator.unet, adapters, xt, t, text, 256))
+        return DistilRows.cat(parts)
+
+    return attacked
+
+
+def fit(
+    generator,
+    adapters: AdapterStack,
+    forgotten: list[str],
+    export: ExportSettings,
+    sampling: SamplingSettings,
+    recovery: RecoverySettings,
+    progress=None,
+):
+    """The LoRA, fitted to the adapted UNet on noised rows of the version's own samples (and, with
+    `export.attack_rounds`, on rows of what the recovery attack finds against it)."""
     x0, text, _ = replay_rows(generator, adapters, export.replay_per_concept, export.seed, sampling)
     rng = torch.Generator().manual_seed(export.seed)
     idx = torch.randint(len(x0), (export.rows,), generator=rng)
     x0, text = x0[idx], text[idx].clone()
     empty = torch.rand(export.rows, generator=rng) < export.uncond_share
     text[empty] = generator.encode_prompts([""])[0]
-    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (export.rows,), generator=rng)
-    xt = generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t)
+    xt, t = noised(generator, x0, rng)
     rows = teacher_rows(generator.unet, adapters, xt, t, text, 256)
     active = [n for n, s in adapters.slots.items() if s.enabled and s.intensity > 0]
     sites = list(dict.fromkeys(t for n in active for t in adapters.slots[n].targets))
     modules = lora_modules(generator.unet, sites if export.lora_scope == "sites" else DECODER)
+    rounds = export.attack_rounds if forgotten else 0
     return distil_lora(
         generator.unet,
         rows,
@@ -74,6 +126,9 @@ def fit(generator, adapters: AdapterStack, export: ExportSettings, sampling: Sam
         export.lr,
         export.seed,
         progress,
+        rounds,
+        attack_rounds(generator, adapters, forgotten, export, recovery, sampling) if rounds else None,
+        export.attack_share,
     )
 
 
@@ -166,7 +221,9 @@ def export_distilled(
         f"distilling version {registered.version}'s {len(adapters)} adapter(s) into a rank-{export.lora_rank} "
         f"{export.lora_dtype} LoRA"
     )
-    distilled = fit(generator, adapters, export, sampling)
+    if export.attack_rounds and forgotten:
+        log(f"with {export.attack_rounds} round(s) of the recovery attack against the fit")
+    distilled = fit(generator, adapters, forgotten, export, sampling, recovery)
     dtype = getattr(torch, export.lora_dtype)
     state = {k: v.to(dtype) for k, v in get_peft_model_state_dict(distilled.unet, adapter_name=ADAPTER_NAME).items()}
     unet_bytes = sum(t.numel() * t.element_size() for t in generator.unet.state_dict().values())
