@@ -37,7 +37,8 @@ CONTINUAL_METRICS = [
     ("sample_seconds", "Sampling time (64 images)", "seconds", 1.0),
 ]
 
-LONG_RUNS = ("long-sequence", "long-sequence-30")  # result files (without .json) of benchmarks/long_sequence.py
+# result files (without .json) of benchmarks/long_sequence.py
+LONG_RUNS = ("long-sequence", "long-sequence-30", "long-sequence-30-share")
 LONG_METRICS = [
     ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
     ("retain_acc", "Retained accuracy", "% of base", 100.0),
@@ -971,9 +972,11 @@ def recovery_markdown(rows: list[dict], plots: Path, title: str = "Recovery atta
     )
 
 
-def long_markdown(rows: list[dict], plots: Path, name: str = "long-sequence", title: str = "Long sequence") -> str:
+def long_markdown(
+    rows: list[dict], plots: Path, name: str = "long-sequence", title: str = "Long sequence", floors: str = ""
+) -> str:
     """<name>.json: per request and method, the model after the step and what the step cost; the floors are
-    <name>-floors.json's."""
+    `floors`' (default <name>-floors.json: a rerun of a sequence shares its floors)."""
     groups = by_method_step(rows)
     out = [f"## {title} (issue 14)", ""]
     info = rows[-1]
@@ -985,7 +988,7 @@ def long_markdown(rows: list[dict], plots: Path, name: str = "long-sequence", ti
         "replay + training (+ consolidation), evaluation excluded.",
         "",
     ]
-    floors_file = f"{name}-floors.json"
+    floors_file = floors or f"{name}-floors.json"
     floors = {r["concept"]: r["floor"] for r in load(plots.parent, floors_file) or []}
     header = ["method", "targets after the last request", "value", "met"]
     body = []
@@ -1242,6 +1245,15 @@ def markdown(results_dir: Path = RESULTS) -> str:
         ("continual-text.json", text_markdown),
         ("long-sequence.json", long_markdown),
         ("long-sequence-30.json", partial(long_markdown, name="long-sequence-30", title="Thirty-request sequence")),
+        (
+            "long-sequence-30-share.json",
+            partial(
+                long_markdown,
+                name="long-sequence-30-share",
+                title="Thirty-request sequence, folds drawing half their rows from forgotten concepts",
+                floors="long-sequence-30-floors.json",
+            ),
+        ),
         ("world.json", world_markdown),
         ("fulfilment.json", fulfilment_markdown),
         ("export-validation.json", export_tuning_markdown),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from peft import LoraConfig
@@ -46,11 +46,11 @@ class DistilRows:
         return len(self.latents)
 
     def __getitem__(self, idx: torch.Tensor) -> "DistilRows":
-        return DistilRows(self.latents[idx], self.timesteps[idx], self.text[idx], self.targets[idx], self.base[idx])
+        return DistilRows(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
     @staticmethod
     def cat(parts: list["DistilRows"]) -> "DistilRows":
-        return DistilRows(*(torch.cat([getattr(p, f) for p in parts]) for f in DistilRows.__dataclass_fields__))
+        return DistilRows(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(DistilRows)})
 
 
 @dataclass
@@ -128,8 +128,13 @@ def distil_lora(
     `attacked_share` of its rows from all those kept. `unexplained` is scored on `rows` alone."""
     if rounds and attacked is None:
         raise ValueError("a fit in rounds needs `attacked`, which finds the rows of each round")
-    if not 0.0 <= attacked_share < 1.0:
-        raise ValueError(f"attacked_share must be in [0, 1), not {attacked_share}")
+    if rounds and not rounds < steps:
+        raise ValueError(f"{rounds} rounds need more than {rounds} steps to fall between, not {steps}")
+    if rounds and not 1 <= round(batch_size * attacked_share) < batch_size:
+        raise ValueError(
+            f"attacked_share {attacked_share} of a batch of {batch_size} must give at least one attacked row "
+            "and leave at least one of the version's own"
+        )
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(unet).requires_grad_(False)

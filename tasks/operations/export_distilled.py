@@ -69,7 +69,14 @@ def noised(generator, x0: torch.Tensor, rng: torch.Generator):
     return generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t), t
 
 
-def attack_rounds(generator, adapters: AdapterStack, forgotten: list[str], export, recovery, sampling):
+def attack_rounds(
+    generator,
+    adapters: AdapterStack,
+    forgotten: list[str],
+    export: ExportSettings,
+    recovery: RecoverySettings,
+    sampling: SamplingSettings,
+):
     """What the fit calls after each phase: the recovery attack against the student on every forgotten concept,
     returning `export.attack_rows` rows per concept conditioned on the vector found, with the version's targets."""
     latents = {c: attacker_latents(generator, c, None, recovery, sampling) for c in forgotten}
