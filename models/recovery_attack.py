@@ -252,13 +252,20 @@ def recover_token_embedding(
     return (start + scale * move).detach(), losses
 
 
+@contextmanager
+def attack_prompt_reading(generator: TextToImageGenerator, vector: torch.Tensor):
+    """While open, the attack's prompt (yielded) reads `vector` at its placeholder."""
+    prompt, token = attack_prompt(generator.tokenizer)
+    table = generator.text_encoder.get_input_embeddings()
+    with row_in_place_of(table, token, vector.to(table.weight.device)):
+        yield prompt
+
+
 @torch.no_grad()
 def token_embedding_features(generator: TextToImageGenerator, vector: torch.Tensor) -> torch.Tensor:
     """The text features (1, tokens, dim) of the attack's prompt with `vector` at its placeholder: what the UNet
     attends to when an attacker prompts with what `recover_token_embedding` found."""
-    prompt, token = attack_prompt(generator.tokenizer)
-    table = generator.text_encoder.get_input_embeddings()
-    with row_in_place_of(table, token, vector.to(table.weight.device)):
+    with attack_prompt_reading(generator, vector) as prompt:
         return generator.encode_prompts([prompt])
 
 
@@ -277,7 +284,5 @@ def sample_with_token_embedding(
     """n samples of the attack's prompt with `vector` at its placeholder, in [-1, 1] (with `latents`, undecoded),
     drawn by the generator's own guided DDIM sampler; guidance's unconditional branch (the empty prompt) holds
     no placeholder and is left alone."""
-    prompt, token = attack_prompt(generator.tokenizer)
-    table = generator.text_encoder.get_input_embeddings()
-    with row_in_place_of(table, token, vector.to(table.weight.device)):
+    with attack_prompt_reading(generator, vector) as prompt:
         return generator.sample([prompt], n, seed, steps, guidance, adapters, batch_size, latents)
