@@ -3,6 +3,7 @@ anchor left to the automatic rule, with the shipped settings and escalation ladd
 with no person involved, and what the ladder cost.
 
     python benchmarks/fulfilment.py                       # the ten-request sequence, automatic anchors
+    python benchmarks/fulfilment.py --sequence fresh-ten  # ten requests not used to design the ladder
     python benchmarks/fulfilment.py --sequence thirty     # the long sequence's 30 requests
 
 Each request is queued and the batch runs once over all of them, in a fresh workspace under --work. Per request:
@@ -28,9 +29,12 @@ from benchmarks.measures import sequence_of  # noqa: E402
 
 
 def sequences() -> dict[str, str]:
-    from benchmarks.long_sequence import SEQUENCES
+    """Named sequences. `fresh-ten` is requests 11-20 of the thirty-request sequence: concepts that played no
+    part in designing the ladder (its recovery rung came from the ten-request run's failures)."""
+    from benchmarks.long_sequence import SEQUENCES, THIRTY_AUTO
 
-    return {"ten": TEN_SEQUENCE, **SEQUENCES}
+    fresh_ten = ",".join(THIRTY_AUTO.split(",")[10:20])
+    return {"ten": TEN_SEQUENCE, "fresh-ten": fresh_ten, **SEQUENCES}
 
 
 def main(argv=None) -> int:
