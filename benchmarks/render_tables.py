@@ -1111,7 +1111,7 @@ def fulfilment_markdown(rows: list[dict], plots: Path) -> str:
         [
             "## Fulfilment (issue 16)",
             "",
-            f"`{rows[-1]['command']}`; {rows[-1]['machine']}.",
+            "; ".join(dict.fromkeys(f"`{r['command']}`" for r in rows)) + f"; {rows[-1]['machine']}.",
             "",
             table(header, body),
             "",
