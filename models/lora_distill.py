@@ -108,6 +108,13 @@ def unexplained(student: nn.Module, rows: DistilRows, batch_size: int) -> float:
     return err / max(change, 1e-12)
 
 
+def fitting(student: nn.Module, params: list[nn.Parameter], on: bool) -> None:
+    """Train mode with gradients on the LoRA's parameters only, or eval mode with every gradient off."""
+    student.train(on).requires_grad_(False)
+    for p in params:
+        p.requires_grad_(on)
+
+
 def distil_lora(
     unet: nn.Module,
     rows: DistilRows,
@@ -148,9 +155,7 @@ def distil_lora(
     kept: list[DistilRows] = []
     extra: DistilRows | None = None
     history = []
-    student.train()
-    for p in params:
-        p.requires_grad_(True)
+    fitting(student, params, True)
     for step in range(1, steps + 1):
         n_extra = round(batch_size * attacked_share) if extra is not None else 0
         batch = rows[torch.randint(len(rows), (batch_size - n_extra,), generator=rng)]
@@ -168,14 +173,12 @@ def distil_lora(
             if progress:
                 progress(step, steps, history[-1])
         if step in phase_ends:
-            student.eval().requires_grad_(False)
+            fitting(student, params, False)  # attacked frozen, as it would be served
             kept.append(attacked(student, phase_ends[step]))
             extra = DistilRows.cat(kept)
             history.append({"step": step, "round": phase_ends[step] + 1, "attacked_rows": len(extra)})
-            student.train()
-            for p in params:
-                p.requires_grad_(True)
-    student.eval().requires_grad_(False)
+            fitting(student, params, True)
+    fitting(student, params, False)
     return DistilledLoRA(student, modules, rank, round(unexplained(student, rows, 256), 5), history)
 
 

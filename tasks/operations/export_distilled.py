@@ -82,9 +82,7 @@ def attack_rounds(
     latents = {c: attacker_latents(generator, c, None, recovery, sampling) for c in forgotten}
 
     def attacked(student, round_: int) -> DistilRows:
-        attacked_model = TextToImageGenerator(
-            student, generator.vae, generator.text_encoder, generator.tokenizer, generator.scheduler
-        )
+        attacked_model = generator.with_unet(student)
         parts = []
         for i, (concept, x0) in enumerate(latents.items()):
             seed = export.seed + 1000 * (round_ + 1) + i
