@@ -101,13 +101,6 @@ class TextToImageGenerator(nn.Module):
         self.prompt_sets = {c.name: c for c in sets}
         return self
 
-    def with_unet(self, unet: UNet2DConditionModel) -> "TextToImageGenerator":
-        """The same generator around another UNet (a student being fitted, say): the frozen text encoder, VAE,
-        tokenizer, scheduler and prompt sets are shared, not copied."""
-        return TextToImageGenerator(
-            unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler, self.prompt_sets.values()
-        )
-
     @property
     def concepts(self) -> list[str]:
         return list(self.prompt_sets)

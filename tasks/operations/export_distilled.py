@@ -82,7 +82,16 @@ def attack_rounds(
     latents = {c: attacker_latents(generator, c, None, recovery, sampling) for c in forgotten}
 
     def attacked(student, round_: int) -> DistilRows:
-        attacked_model = generator.with_unet(student)
+        # The same generator around the student; built here, not as a method of the generator, because the
+        # text-to-image training stage depends on models/text_generator.py and a change there retrains the base.
+        attacked_model = TextToImageGenerator(
+            student,
+            generator.vae,
+            generator.text_encoder,
+            generator.tokenizer,
+            generator.scheduler,
+            generator.prompt_sets.values(),
+        )
         parts = []
         for i, (concept, x0) in enumerate(latents.items()):
             seed = export.seed + 1000 * (round_ + 1) + i
