@@ -171,3 +171,65 @@ def test_a_fold_weighted_to_forgotten_concepts_checks_their_names(generator):
         consolidate(generator, stack, *args, forgotten=("nonsense",))
     result = consolidate(generator, stack, *args, forgotten=(generator.concepts[0],))
     assert result.folded == ["request-1", "request-2"]
+
+
+def test_a_fold_fitted_in_rounds_learns_the_stack_where_the_attack_asks(generator):
+    """After each phase the attack runs against the fold as it stands (frozen); its rows, the stack's features
+    under the vector found, join the fit. Scored on the rows of an attack the fit never saw, such a fold is
+    nearer the stack there than the same fold fitted without rounds."""
+    from lethe.tasks.steps.consolidate import attack_rounds
+
+    stack = two_request_stack(generator)
+    settings = small_settings(
+        consolidate__rows=128,
+        consolidate__steps=150,
+        consolidate__batch_size=32,
+        consolidate__attack_rows=32,
+        recovery__steps=10,
+    )
+    forgotten = generator.concepts[:2]
+    args = ("folded", settings.adapter, settings.consolidate, settings.sampling)
+    plain = consolidate(generator, stack, *args, forgotten=tuple(forgotten))
+    config = settings.consolidate.model_copy(update={"attack_rounds": 2})
+    args = ("folded", settings.adapter, config, settings.sampling)
+    with pytest.raises(ValueError, match="needs the recovery settings"):
+        consolidate(generator, stack, *args, forgotten=tuple(forgotten))
+    short = ("folded", settings.adapter, config.model_copy(update={"steps": 10}), settings.sampling)
+    nothing_forgotten = consolidate(generator, stack, *short)  # nothing to attack: no rounds, no budget needed
+    assert not any("round" in h for h in nothing_forgotten.consolidated.history)
+    attacked = consolidate(generator, stack, *args, forgotten=tuple(forgotten), recovery=settings.recovery)
+    rounds = [h for h in attacked.consolidated.history if "round" in h]
+    assert [(h["step"], h["round"], h["attacked_rows"]) for h in rounds] == [(50, 1, 64), (100, 2, 128)]
+    unseen = attack_rounds(generator, stack, forgotten, config, settings.recovery, settings.sampling)
+    held_out = unseen(plain.consolidated.stack, 7)  # a round and seeds the fit never drew
+
+    def left(result) -> float:
+        fold = result.consolidated.stack
+        err = sum(
+            float((fold.field("folded", s)(held_out.inputs[s]) - held_out.outputs[s]).pow(2).sum())
+            for s in held_out.sites
+        )
+        return err / sum(float((held_out.outputs[s] - held_out.inputs[s]).pow(2).sum()) for s in held_out.sites)
+
+    assert left(attacked) < 0.8 * left(plain), (left(attacked), left(plain))
+
+
+def test_a_fit_in_rounds_attacks_a_frozen_fold_and_refuses_bad_rounds():
+    from lethe.models.consolidation import SiteFeatures, fit_consolidated
+
+    features = SiteFeatures({"a": torch.randn(64, 4, 2, 2)}, {"a": torch.randn(64, 4, 2, 2)})
+    seen = []
+
+    def attacked(fold, round_):
+        seen.append((round_, [p.requires_grad for p in fold.parameters()]))
+        return SiteFeatures({"a": torch.randn(8, 4, 2, 2)}, {"a": torch.randn(8, 4, 2, 2)})
+
+    args = (features, ode_config(), "folded", 30, 16, 0.01, 0.0, 0)
+    fit_consolidated(*args, rounds=2, attacked=attacked, attacked_share=0.25)
+    assert [r for r, _ in seen] == [0, 1] and not any(any(g) for _, g in seen)
+    with pytest.raises(ValueError, match="needs `attacked`"):
+        fit_consolidated(*args, rounds=1)
+    with pytest.raises(ValueError, match="must give at least one attacked row"):
+        fit_consolidated(*args, rounds=1, attacked=attacked, attacked_share=0.01)
+    with pytest.raises(ValueError, match="features of different sites"):
+        SiteFeatures.cat([features, SiteFeatures({"b": torch.randn(2, 4, 2, 2)}, {"b": torch.randn(2, 4, 2, 2)})])
