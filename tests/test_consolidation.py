@@ -147,6 +147,14 @@ def test_a_text_to_image_stack_folds_into_one_field_per_site(tmp_path):
         return float((generator.predict_noise(latents, t, text, adapters)[0] - target).pow(2).mean())
 
     assert gap(result.consolidated.stack) < 0.5 * gap(None)
+    # the attack against a fold (textual inversion here) gives rows of the stack's features under its vector
+    from lethe.tasks.steps.consolidate import attack_rounds
+
+    config = settings.consolidate.model_copy(update={"attack_rounds": 1, "attack_rows": 4})
+    attacked = attack_rounds(generator, stack, ["dress"], config, settings.recovery, settings.sampling)
+    found = attacked(result.consolidated.stack, 0)
+    assert found.sites == ["mid_block", "up_blocks.0"] and len(found) == 4
+    assert not torch.allclose(found.inputs["mid_block"], found.outputs["mid_block"])  # the stack rewrites them
 
 
 def test_the_fit_rows_can_lean_on_the_forgotten_concepts():
