@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workspace", help="fold the production stack of this workspace instead")
     args = parser.parse_args(argv)
     names, out = args.names, Path(args.out)
-    cached = Path(f"/tmp/lethe-{out.stem}-stack")
+    cached = Path(f"/tmp/lethe-{out.stem}-adversarial{args.adversarial_rounds}-stack")
     s = load_settings(ROOT / "params.yaml")
     adversarial = s.train.adversarial.model_copy(update={"rounds": args.adversarial_rounds})
     s = s.model_copy(update={"train": s.train.model_copy(update={"adversarial": adversarial})})
@@ -146,7 +146,8 @@ def main(argv: list[str]) -> int:
     results = json.loads(out.read_text()) if out.is_file() else {}
     if "stack" not in results:
         results["stack"] = {"acc": accuracy(stack), "ratio": ratio(stack), **(recovery(stack) if attacker else {})}
-        results["stack"] |= {"source": where, "forgotten": forgotten, "adversarial_rounds": args.adversarial_rounds}
+        rounds = None if args.workspace else args.adversarial_rounds  # a workspace's: whatever its batch ran
+        results["stack"] |= {"source": where, "forgotten": forgotten, "adversarial_rounds": rounds}
     for name in names:
         config = s.consolidate.model_copy(update=CONFIGS[name])
         r = consolidate(g, stack, "c", s.adapter, config, s.sampling, forgotten=tuple(forgotten), recovery=s.recovery)

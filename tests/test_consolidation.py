@@ -208,8 +208,10 @@ def test_a_fold_fitted_in_rounds_learns_the_stack_where_the_attack_asks(generato
     attacked = consolidate(generator, stack, *args, forgotten=tuple(forgotten), recovery=settings.recovery)
     rounds = [h for h in attacked.consolidated.history if "round" in h]
     assert [(h["step"], h["round"], h["attacked_rows"]) for h in rounds] == [(50, 1, 64), (100, 2, 128)]
-    unseen = attack_rounds(generator, stack, forgotten, config, settings.recovery, settings.sampling)
-    held_out = unseen(plain.consolidated.stack, 7)  # a round and seeds the fit never drew
+    other = config.model_copy(update={"seed": 99})  # the attacker's samples and seeds the fit never drew
+    held_out = attack_rounds(generator, stack, forgotten, other, settings.recovery, settings.sampling)(
+        plain.consolidated.stack, 7
+    )
 
     def left(result) -> float:
         fold = result.consolidated.stack

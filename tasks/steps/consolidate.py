@@ -74,16 +74,17 @@ def row_indices(concepts: torch.Tensor, forgotten: list[int], rows: int, share: 
 
 @torch.no_grad()
 def concept_samples(generator, concept: str, n: int, seed: int, sampling: SamplingSettings) -> torch.Tensor:
-    """About `n` samples of `concept` from the plain generator (no adapters: the concept as it was), in latent
+    """`n` samples of `concept` from the plain generator (no adapters: the concept as it was), in latent
     space for a text-to-image model: what the fold's attacker holds."""
     if generator.kind == "class-conditional":
         steps, batch = sampling.steps, sampling.batch_size
         return sample(generator, [concept], n, seed, steps, None, sampling.guidance, batch)[0]
     prompts = generator.prompts_of(concept)
     per_prompt = -(-n // len(prompts))
-    return generator.sample(
+    drawn = generator.sample(
         prompts, per_prompt, seed, sampling.steps, sampling.guidance, None, sampling.batch_size, latents=True
     )
+    return drawn.view(len(prompts), per_prompt, *drawn.shape[1:]).transpose(0, 1).flatten(0, 1)[:n]
 
 
 def noised(generator, x0: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
