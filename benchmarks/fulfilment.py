@@ -5,6 +5,7 @@ with no person involved, and what the ladder cost.
     python benchmarks/fulfilment.py                       # the ten-request sequence, automatic anchors
     python benchmarks/fulfilment.py --sequence fresh-ten  # ten requests not used to design the ladder
     python benchmarks/fulfilment.py --sequence thirty     # the long sequence's 30 requests
+    python benchmarks/fulfilment.py --sequence text --params params.text-to-image.yaml   # text-to-image
 
 Each request is queued and the batch runs once over all of them, in a fresh workspace under --work. Per request:
 its final state, its attempts (each one's anchor, changes, reasons and seconds) and its minutes; per sequence:
@@ -30,11 +31,16 @@ from benchmarks.measures import sequence_of  # noqa: E402
 
 def sequences() -> dict[str, str]:
     """Named sequences. `fresh-ten` is requests 11-20 of the thirty-request sequence: concepts that played no
-    part in designing the ladder (its recovery rung came from the ten-request run's failures)."""
+    part in designing the ladder (its recovery rung came from the ten-request run's failures). `text` and
+    `text-validation` are the text-to-image benchmark's test and validation sequences (run them with
+    `--params params.text-to-image.yaml`)."""
+    from benchmarks.continual_text import TEXT_SEQUENCE
+    from benchmarks.export import VALIDATION as TEXT_VALIDATION
     from benchmarks.long_sequence import SEQUENCES, THIRTY_AUTO
 
     fresh_ten = ",".join(THIRTY_AUTO.split(",")[10:20])
-    return {"ten": TEN_SEQUENCE, "fresh-ten": fresh_ten, **SEQUENCES}
+    text = {"text": TEXT_SEQUENCE, "text-validation": TEXT_VALIDATION}
+    return {"ten": TEN_SEQUENCE, "fresh-ten": fresh_ten, **SEQUENCES, **text}
 
 
 def main(argv=None) -> int:

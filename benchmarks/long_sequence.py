@@ -230,6 +230,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
                 settings.consolidate,
                 settings.sampling,
                 forgotten=tuple(forgotten),
+                recovery=settings.recovery,
             )
             seconds = time.time() - start
             step_seconds += seconds

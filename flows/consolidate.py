@@ -124,6 +124,7 @@ def consolidate_production(ctx: Context, trigger: str) -> dict:
             s.sampling,
             progress=reporter(f"consolidate version {parent.version}"),
             forgotten=tuple(forgotten),
+            recovery=s.recovery,
         )
     except ValueError as error:
         if "nothing to consolidate" in str(error):

@@ -15,10 +15,17 @@ The fit is scored per site as the share of the stack's change left unexplained:
 |field(h_in) - h_out|^2 / |h_out - h_in|^2 over the rows (1 = the identity, 0 = the stack exactly).
 Consolidated fields are trained on the grid they are deployed on, so no train/deploy gap needs a consistency
 term; with more than one grid step the path's kinetic energy is penalised as for a request's adapter.
+
+Rows of the stack's own samples say nothing of an attacker's conditioning: a fold that matches the stack on them
+can lose the resistance that adversarially trained adapters had to the recovery attack. So the fit can run in
+rounds (as `models.lora_distill` fits a LoRA): after each phase the caller attacks the fold as it stands and
+returns the site features of rows conditioned on what the attack found, with the stack's rewrite there as the
+targets; later batches draw a share of their rows from every such row kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -43,6 +50,16 @@ class SiteFeatures:
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    @staticmethod
+    def cat(parts: list["SiteFeatures"]) -> "SiteFeatures":
+        sites = parts[0].sites
+        if any(p.sites != sites for p in parts):
+            raise ValueError(f"features of different sites cannot be joined: {[p.sites for p in parts]}")
+        return SiteFeatures(
+            {s: torch.cat([p.inputs[s] for p in parts]) for s in sites},
+            {s: torch.cat([p.outputs[s] for p in parts]) for s in sites},
+        )
 
 
 @dataclass
@@ -163,6 +180,13 @@ def unexplained(adapter: ODEAdapter, h_in: torch.Tensor, h_out: torch.Tensor, ba
     return err / max(change, 1e-12)
 
 
+def fitted_stack(fields: dict[str, ODEAdapter], name: str) -> AdapterStack:
+    """A one-adapter stack of `fields` (one per site) at intensity 1, shared, not copied."""
+    stack = AdapterStack()
+    stack.add(name, fields, intensity=1.0)
+    return stack
+
+
 def fit_consolidated(
     features: SiteFeatures,
     config: ODEConfig,
@@ -173,8 +197,23 @@ def fit_consolidated(
     smooth: float,
     seed: int,
     progress=None,
+    rounds: int = 0,
+    attacked: Callable[[AdapterStack, int], SiteFeatures] | None = None,
+    attacked_share: float = 0.0,
 ) -> Consolidated:
-    """One field per site, fitted by Adam on `features` to the stack's rewrite (deployed at intensity 1)."""
+    """One field per site, fitted by Adam on `features` to the stack's rewrite (deployed at intensity 1). With
+    `rounds`, the steps are cut into `rounds` + 1 phases; after each phase but the last, `attacked(fold, round)`
+    gives site features of rows found against the fold as it stands (frozen while it is attacked), and every
+    later batch draws `attacked_share` of its rows from all those kept. `unexplained` is scored on `features`."""
+    if rounds and attacked is None:
+        raise ValueError("a fit in rounds needs `attacked`, which finds the rows of each round")
+    if rounds and not rounds < steps:
+        raise ValueError(f"{rounds} rounds need more than {rounds} steps to fall between, not {steps}")
+    if rounds and not 1 <= round(batch_size * attacked_share) < batch_size:
+        raise ValueError(
+            f"attacked_share {attacked_share} of a batch of {batch_size} must give at least one attacked row "
+            "and leave at least one of the stack's own"
+        )
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     fields = {s: ODEAdapter(features.inputs[s].shape[1], config) for s in features.sites}
@@ -183,13 +222,21 @@ def fit_consolidated(
     }
     params = [p for f in fields.values() for p in f.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
+    phase_ends = {round(steps * (r + 1) / (rounds + 1)): r for r in range(rounds)}
+    kept: list[SiteFeatures] = []
+    extra: SiteFeatures | None = None
     history = []
     grid = next(iter(fields.values())).grid()
     for step in range(1, steps + 1):
-        idx = torch.randint(len(features), (batch_size,), generator=rng)
+        n_extra = round(batch_size * attacked_share) if extra is not None else 0
+        idx = torch.randint(len(features), (batch_size - n_extra,), generator=rng)
+        extra_idx = torch.randint(len(extra), (n_extra,), generator=rng) if n_extra else None
         losses = {}
         for s, f in fields.items():
             x, y = features.inputs[s][idx], features.outputs[s][idx]
+            if n_extra:
+                x = torch.cat([x, extra.inputs[s][extra_idx]])
+                y = torch.cat([y, extra.outputs[s][extra_idx]])
             states = f.trajectory(x)
             losses[s] = (states[-1] - y).pow(2).mean() / scale[s]
             if smooth and len(states) > 2:
@@ -204,9 +251,16 @@ def fit_consolidated(
             history.append({"step": step, **{s: round(float(v.detach()), 5) for s, v in losses.items()}})
             if progress:
                 progress(step, steps, history[-1])
-    stack = AdapterStack()
+        if step in phase_ends:
+            for f in fields.values():
+                f.requires_grad_(False)  # attacked frozen, as it would be served
+            kept.append(attacked(fitted_stack(fields, name), phase_ends[step]))
+            extra = SiteFeatures.cat(kept)
+            history.append({"step": step, "round": phase_ends[step] + 1, "attacked_rows": len(extra)})
+            for f in fields.values():
+                f.requires_grad_(True)
     for f in fields.values():
         f.requires_grad_(False)
-    stack.add(name, fields, intensity=1.0)
+    stack = fitted_stack(fields, name)
     left = {s: round(unexplained(f, features.inputs[s], features.outputs[s]), 5) for s, f in fields.items()}
     return Consolidated(stack, name, left, history)

@@ -256,6 +256,21 @@ class ConsolidateSettings(Section):
     lr: Positive
     smooth: NonNegative  # kinetic-energy weight on the path (grid_steps > 1 only)
     seed: int
+    attack_rounds: Annotated[int, Field(ge=0)]  # rounds of the recovery attack against the fold (0: none)
+    attack_rows: PositiveInt  # rows kept per forgotten concept and round, conditioned on what the attack found
+    attack_share: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of every later batch drawn from those rows
+
+    @model_validator(mode="after")
+    def _rounds_fit(self):
+        """The rounds must fall between steps, and each later batch hold both kinds of row."""
+        if self.attack_rounds and self.attack_rounds >= self.steps:
+            raise ValueError(f"attack_rounds {self.attack_rounds} must be fewer than steps {self.steps}")
+        if self.attack_rounds and not 1 <= round(self.batch_size * self.attack_share) < self.batch_size:
+            raise ValueError(
+                f"attack_share {self.attack_share} of batch_size {self.batch_size} must give at least one "
+                "attacked row and leave at least one of the stack's own"
+            )
+        return self
 
 
 class EvalSettings(Section):

@@ -147,6 +147,14 @@ def test_a_text_to_image_stack_folds_into_one_field_per_site(tmp_path):
         return float((generator.predict_noise(latents, t, text, adapters)[0] - target).pow(2).mean())
 
     assert gap(result.consolidated.stack) < 0.5 * gap(None)
+    # the attack against a fold (textual inversion here) gives rows of the stack's features under its vector
+    from lethe.tasks.steps.consolidate import attack_rounds
+
+    config = settings.consolidate.model_copy(update={"attack_rounds": 1, "attack_rows": 4})
+    attacked = attack_rounds(generator, stack, ["dress"], config, settings.recovery, settings.sampling)
+    found = attacked(result.consolidated.stack, 0)
+    assert found.sites == ["mid_block", "up_blocks.0"] and len(found) == 4
+    assert not torch.allclose(found.inputs["mid_block"], found.outputs["mid_block"])  # the stack rewrites them
 
 
 def test_the_fit_rows_can_lean_on_the_forgotten_concepts():
@@ -171,3 +179,68 @@ def test_a_fold_weighted_to_forgotten_concepts_checks_their_names(generator):
         consolidate(generator, stack, *args, forgotten=("nonsense",))
     result = consolidate(generator, stack, *args, forgotten=(generator.concepts[0],))
     assert result.folded == ["request-1", "request-2"]
+
+
+def test_a_fold_fitted_in_rounds_learns_the_stack_where_the_attack_asks(generator):
+    """After each phase the attack runs against the fold as it stands (frozen); its rows, the stack's features
+    under the vector found, join the fit. Scored on the rows of an attack the fit never saw, such a fold is
+    nearer the stack there than the same fold fitted without rounds."""
+    from lethe.tasks.steps.consolidate import attack_rounds
+
+    stack = two_request_stack(generator)
+    settings = small_settings(
+        consolidate__rows=256,
+        consolidate__steps=300,
+        consolidate__batch_size=64,
+        consolidate__attack_rows=64,
+        recovery__steps=20,
+    )
+    forgotten = generator.concepts[:2]
+    base = settings.consolidate.model_copy(update={"site": "up_blocks.0"})  # where this stack folds well
+    args = ("folded", settings.adapter, base, settings.sampling)
+    plain = consolidate(generator, stack, *args, forgotten=tuple(forgotten))
+    config = base.model_copy(update={"attack_rounds": 2})
+    args = ("folded", settings.adapter, config, settings.sampling)
+    with pytest.raises(ValueError, match="needs the recovery settings"):
+        consolidate(generator, stack, *args, forgotten=tuple(forgotten))
+    short = ("folded", settings.adapter, config.model_copy(update={"steps": 10}), settings.sampling)
+    nothing_forgotten = consolidate(generator, stack, *short)  # nothing to attack: no rounds, no budget needed
+    assert not any("round" in h for h in nothing_forgotten.consolidated.history)
+    attacked = consolidate(generator, stack, *args, forgotten=tuple(forgotten), recovery=settings.recovery)
+    rounds = [h for h in attacked.consolidated.history if "round" in h]
+    assert [(h["step"], h["round"], h["attacked_rows"]) for h in rounds] == [(100, 1, 128), (200, 2, 256)]
+    other = config.model_copy(update={"seed": 99})  # the attacker's samples and seeds the fit never drew
+    held_out = attack_rounds(generator, stack, forgotten, other, settings.recovery, settings.sampling)(
+        plain.consolidated.stack, 7
+    )
+
+    def left(result) -> float:
+        fold = result.consolidated.stack
+        err = sum(
+            float((fold.field("folded", s)(held_out.inputs[s]) - held_out.outputs[s]).pow(2).sum())
+            for s in held_out.sites
+        )
+        return err / sum(float((held_out.outputs[s] - held_out.inputs[s]).pow(2).sum()) for s in held_out.sites)
+
+    assert left(attacked) < 0.9 * left(plain), (left(attacked), left(plain))
+
+
+def test_a_fit_in_rounds_attacks_a_frozen_fold_and_refuses_bad_rounds():
+    from lethe.models.consolidation import SiteFeatures, fit_consolidated
+
+    features = SiteFeatures({"a": torch.randn(64, 4, 2, 2)}, {"a": torch.randn(64, 4, 2, 2)})
+    seen = []
+
+    def attacked(fold, round_):
+        seen.append((round_, [p.requires_grad for p in fold.parameters()]))
+        return SiteFeatures({"a": torch.randn(8, 4, 2, 2)}, {"a": torch.randn(8, 4, 2, 2)})
+
+    args = (features, ode_config(), "folded", 30, 16, 0.01, 0.0, 0)
+    fit_consolidated(*args, rounds=2, attacked=attacked, attacked_share=0.25)
+    assert [r for r, _ in seen] == [0, 1] and not any(any(g) for _, g in seen)
+    with pytest.raises(ValueError, match="needs `attacked`"):
+        fit_consolidated(*args, rounds=1)
+    with pytest.raises(ValueError, match="must give at least one attacked row"):
+        fit_consolidated(*args, rounds=1, attacked=attacked, attacked_share=0.01)
+    with pytest.raises(ValueError, match="features of different sites"):
+        SiteFeatures.cat([features, SiteFeatures({"b": torch.randn(2, 4, 2, 2)}, {"b": torch.randn(2, 4, 2, 2)})])
