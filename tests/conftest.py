@@ -93,6 +93,7 @@ SMALL = {
     "consolidate.rows": 64,
     "consolidate.steps": 20,
     "consolidate.batch_size": 16,
+    "consolidate.attack_rows": 8,  # the shipped two rounds of the attack against the fold, on few rows
 }
 
 

@@ -177,7 +177,7 @@ def test_a_fold_weighted_to_forgotten_concepts_checks_their_names(generator):
     args = ("folded", settings.adapter, settings.consolidate, settings.sampling)
     with pytest.raises(ValueError, match=r"forgotten concept\(s\) \['nonsense'\] are not the generator's"):
         consolidate(generator, stack, *args, forgotten=("nonsense",))
-    result = consolidate(generator, stack, *args, forgotten=(generator.concepts[0],))
+    result = consolidate(generator, stack, *args, forgotten=(generator.concepts[0],), recovery=settings.recovery)
     assert result.folded == ["request-1", "request-2"]
 
 
@@ -196,7 +196,7 @@ def test_a_fold_fitted_in_rounds_learns_the_stack_where_the_attack_asks(generato
         recovery__steps=20,
     )
     forgotten = generator.concepts[:2]
-    base = settings.consolidate.model_copy(update={"site": "up_blocks.0"})  # where this stack folds well
+    base = settings.consolidate.model_copy(update={"site": "up_blocks.0", "attack_rounds": 0})  # folds well there
     args = ("folded", settings.adapter, base, settings.sampling)
     plain = consolidate(generator, stack, *args, forgotten=tuple(forgotten))
     config = base.model_copy(update={"attack_rounds": 2})
