@@ -74,3 +74,9 @@ def sample(
         if progress:
             progress(min(start + batch_size, len(noise)), len(noise))
     return torch.cat(out), labels
+
+
+def noised(generator, x0: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x0` noised at uniform timesteps of the generator's scheduler: (x_t, t)."""
+    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
+    return generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t), t

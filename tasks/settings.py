@@ -241,6 +241,20 @@ class TrainSettings(Section):
         return self
 
 
+def check_attack_rounds(section):
+    """A fit in rounds of the recovery attack (`attack_rounds`, `attack_share` beside `steps` and `batch_size`):
+    the rounds must fall between steps, and each later batch hold both kinds of row."""
+    rounds, share, batch = section.attack_rounds, section.attack_share, section.batch_size
+    if rounds and rounds >= section.steps:
+        raise ValueError(f"attack_rounds {rounds} must be fewer than steps {section.steps}")
+    if rounds and not 1 <= round(batch * share) < batch:
+        raise ValueError(
+            f"attack_share {share} of batch_size {batch} must give at least one attacked row and leave at least "
+            "one of the fit's own"
+        )
+    return section
+
+
 class ConsolidateSettings(Section):
     """Folding the production stack into one adapter with one field per site (`models.consolidation`)."""
 
@@ -262,15 +276,7 @@ class ConsolidateSettings(Section):
 
     @model_validator(mode="after")
     def _rounds_fit(self):
-        """The rounds must fall between steps, and each later batch hold both kinds of row."""
-        if self.attack_rounds and self.attack_rounds >= self.steps:
-            raise ValueError(f"attack_rounds {self.attack_rounds} must be fewer than steps {self.steps}")
-        if self.attack_rounds and not 1 <= round(self.batch_size * self.attack_share) < self.batch_size:
-            raise ValueError(
-                f"attack_share {self.attack_share} of batch_size {self.batch_size} must give at least one "
-                "attacked row and leave at least one of the stack's own"
-            )
-        return self
+        return check_attack_rounds(self)
 
 
 class EvalSettings(Section):
@@ -470,15 +476,7 @@ class ExportSettings(Section):
 
     @model_validator(mode="after")
     def _rounds_fit(self):
-        """The rounds must fall between steps, and each later batch hold both kinds of row."""
-        if self.attack_rounds and self.attack_rounds >= self.steps:
-            raise ValueError(f"attack_rounds {self.attack_rounds} must be fewer than steps {self.steps}")
-        if self.attack_rounds and not 1 <= round(self.batch_size * self.attack_share) < self.batch_size:
-            raise ValueError(
-                f"attack_share {self.attack_share} of batch_size {self.batch_size} must give at least one "
-                "attacked row and leave at least one of the version's own"
-            )
-        return self
+        return check_attack_rounds(self)
 
 
 class Settings(Section):

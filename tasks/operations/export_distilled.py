@@ -36,6 +36,7 @@ from lethe.models.lora_distill import (
     teacher_rows,
 )
 from lethe.models.recovery_attack import recover_token_embedding, token_embedding_features
+from lethe.models.sampler import noised
 from lethe.models.text_generator import TextToImageGenerator
 from lethe.tasks.operations.export_version import (
     check_new_folder,
@@ -61,12 +62,6 @@ class ExportRefused(RuntimeError):
     def __init__(self, message: str, result: dict):
         super().__init__(message)
         self.result = result
-
-
-def noised(generator, x0: torch.Tensor, rng: torch.Generator):
-    """`x0` noised at uniform timesteps: (x_t, t)."""
-    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
-    return generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t), t
 
 
 def attack_rounds(

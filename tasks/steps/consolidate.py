@@ -29,7 +29,7 @@ from lethe.models.recovery_attack import (
     recover_token_embedding,
     token_embedding_features,
 )
-from lethe.models.sampler import sample
+from lethe.models.sampler import noised, sample
 from lethe.tasks.settings import AdapterSettings, ConsolidateSettings, RecoverySettings, SamplingSettings
 
 
@@ -85,12 +85,6 @@ def concept_samples(generator, concept: str, n: int, seed: int, sampling: Sampli
         prompts, per_prompt, seed, sampling.steps, sampling.guidance, None, sampling.batch_size, latents=True
     )
     return drawn.view(len(prompts), per_prompt, *drawn.shape[1:]).transpose(0, 1).flatten(0, 1)[:n]
-
-
-def noised(generator, x0: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """`x0` noised at uniform timesteps: (x_t, t)."""
-    t = torch.randint(0, generator.scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
-    return generator.scheduler.add_noise(x0, torch.randn(x0.shape, generator=rng), t), t
 
 
 def attack_rounds(
