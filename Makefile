@@ -16,7 +16,7 @@ demo: models                      ## install, verify data and models, run the de
 	$(BIN)/lethe --params params.text-to-image.yaml demo
 
 test: lint check-models system-servers  ## the checks and the whole test suite (what CI runs)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 bench: models                     ## the benchmark protocol (about 6 h on 2 CPU cores), then BENCHMARKS.md's tables
 	$(BIN)/python benchmarks/tune.py all

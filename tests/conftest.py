@@ -17,6 +17,11 @@ from lethe.flows.process import LIBRARY_DEFAULTS
 for _key, _value in LIBRARY_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 torch.set_flush_denormal(True)
+# `make test` runs two pytest-xdist workers on CI's two cores: each worker, and every CLI process it starts, gets
+# one torch thread, since two workers at torch's default of one thread per core would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 # Prefect logs "Stopping temporary server" after pytest has closed its capture streams; without this, logging
 # prints a "--- Logging error ---" traceback below the test summary.
 logging.raiseExceptions = False
