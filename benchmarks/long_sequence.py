@@ -16,14 +16,16 @@ cost (replay + training + consolidation seconds; the evaluation is not part of i
 model after the step against the base's: FLOPs of one denoising pass (deterministic) and wall time of
 `sampling.batch_size` samples, timed alternately with the base (median ratio of `--timing-repeats` pairs).
 Rows go to `results/long-sequence.json` after each step, and the model after each step to
-`benchmarks/checkpoints/long-sequence-<name>/` (safetensors), so an interrupted run started again with the same
-command resumes after its last finished step (the parent measurement the gates compare with is measured again).
+`benchmarks/checkpoints/long-sequence-<name>/` (safetensors and their sha256; `--checkpoints` moves it), so an
+interrupted run started again with the same command resumes after its last finished step (the parent
+measurement the gates compare with is measured again).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import shutil
 import statistics
@@ -47,6 +49,7 @@ from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import load_settings  # noqa: E402
 from lethe.tasks.steps.anchor_choice import choose_anchor  # noqa: E402
 from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
+from lethe.tasks.stores.integrity import IntegrityError, manifest  # noqa: E402
 
 # 19 requests in the 20-concept world: every concept but one (the last anchor). The first ten are continual.py's
 # ten-request sequence; then the rest of each domain, the last digit anchored across domains on the one left.
@@ -165,22 +168,46 @@ def unconsolidated(stack: AdapterStack) -> int:
 CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 
 
-def write_checkpoint(folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors) -> None:
-    """The model after `step` (generator and stack as safetensors) and where the sequence stands; whole or
-    absent (written aside, then renamed over the previous one)."""
+def write_checkpoint(folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors, base) -> None:
+    """The model after `step` (generator and stack as safetensors, with their sha256) and where the sequence
+    stands; whole or absent (written aside, then renamed over the previous one). A generator still equal to the
+    base (Lethe's is frozen) is not written again: the checkpoint then holds only the stack, small enough to
+    commit so that a run can go on from another machine (`--checkpoints`)."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    generator.save(partial / "generator")
+    partial.mkdir(parents=True)
+    parts = ("stack",)
+    if not same_weights(generator, base):
+        generator.save(partial / "generator")
+        parts = ("generator", "stack")
     stack.save(partial / "stack")
-    state = {**identity, "step": step, "forgotten": forgotten, "anchors": anchors}
+    generator_is = "saved" if "generator" in parts else "base"
+    state = {**identity, "step": step, "forgotten": forgotten, "anchors": anchors, "generator": generator_is}
+    state["sha256"] = manifest(partial, parts)
+    state["base_sha256"] = weights_sha256(base)
     (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
 
 
+def same_weights(generator, base) -> bool:
+    ours, theirs = generator.state_dict(), base.state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def weights_sha256(generator) -> str:
+    """One sha256 over the generator's tensors (names, shapes, bytes): which base a checkpoint was taken on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(generator.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: str):
     """(rows, generator, stack, forgotten, anchors, parent measurement, next step) from a checkpoint of the same
-    run whose rows are all in `kept`; None to start from the first request."""
+    run whose rows are all in `kept`; None to start from the first request. A checkpoint whose files differ
+    from its recorded sha256 is refused (IntegrityError), never silently restarted over."""
     if not (folder / "state.json").is_file():
         return None
     state = json.loads((folder / "state.json").read_text())
@@ -188,7 +215,16 @@ def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: s
     if {k: state.get(k) for k in identity} != identity or [r["step"] for r in rows] != list(range(state["step"] + 1)):
         print(f"checkpoint {folder} is from another run or its rows are missing: starting from request 1")
         return None
-    generator, stack = Generator.from_folder(folder / "generator"), AdapterStack.load(folder / "stack")
+    on_base = state.get("generator") == "base"
+    if "sha256" in state:  # checkpoints written before the sha256 was recorded carry none
+        found = manifest(folder, ("stack",) if on_base else ("generator", "stack"))
+        if found != state["sha256"]:
+            changed = sorted(k for k in found.keys() | state["sha256"].keys() if found.get(k) != state["sha256"].get(k))
+            raise IntegrityError(f"checkpoint {folder}: files differ from its recorded sha256: {', '.join(changed)}")
+    if "base_sha256" in state and state["base_sha256"] != weights_sha256(bench.base):
+        raise IntegrityError(f"checkpoint {folder} was taken on another base generator than this run's")
+    generator = copy.deepcopy(bench.base) if on_base else Generator.from_folder(folder / "generator")
+    stack = AdapterStack.load(folder / "stack")
     forgotten, anchors = state["forgotten"], state["anchors"]
     parent = bench.eval.measure(generator, stack, forgotten, forgotten)
     print(f"{name}: resuming after request {state['step']} from {folder}", flush=True)
@@ -202,7 +238,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
     rows = [dict(bench.base_row(name, settings.train.seed), flops_ratio=1.0, sampling_ratio=1.0)]
     generator, stack, forgotten, anchors, parent = copy.deepcopy(bench.base), AdapterStack(), [], {}, bench.eval.base
     first = 1
-    checkpoint = CHECKPOINTS / f"long-sequence-{name}"
+    checkpoint = Path(args.checkpoints) / f"long-sequence-{name}"
     identity = {"method": method, "every": every, "sequence": [list(pair) for pair in bench.sequence]}
     if method == "lethe":  # a fold setting changed mid-run would mix two runs in one curve
         identity["consolidate"] = settings.consolidate.model_dump(mode="json")
@@ -275,7 +311,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
             flush=True,
         )
         save(rows)
-        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors)
+        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors, bench.base)
     return rows
 
 
@@ -299,6 +335,11 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--out", default=str(RESULTS / "long-sequence.json"))
+    parser.add_argument(
+        "--checkpoints",
+        default=str(CHECKPOINTS),
+        help="where the model after each request is kept for resuming (one folder per method)",
+    )
     parser.add_argument(
         "--floors",
         action="store_true",

@@ -38,7 +38,7 @@ CONTINUAL_METRICS = [
 ]
 
 # result files (without .json) of benchmarks/long_sequence.py
-LONG_RUNS = ("long-sequence", "long-sequence-30", "long-sequence-30-share")
+LONG_RUNS = ("long-sequence", "long-sequence-30", "long-sequence-30-share", "long-sequence-30-attack")
 LONG_METRICS = [
     ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
     ("retain_acc", "Retained accuracy", "% of base", 100.0),
@@ -1251,6 +1251,15 @@ def markdown(results_dir: Path = RESULTS) -> str:
                 long_markdown,
                 name="long-sequence-30-share",
                 title="Thirty-request sequence, folds drawing half their rows from forgotten concepts",
+                floors="long-sequence-30-floors.json",
+            ),
+        ),
+        (
+            "long-sequence-30-attack.json",
+            partial(
+                long_markdown,
+                name="long-sequence-30-attack",
+                title="Thirty-request sequence, folds as shipped (half their rows forgotten, two attack rounds)",
                 floors="long-sequence-30-floors.json",
             ),
         ),

@@ -1,0 +1,103 @@
+"""The long-sequence benchmark's checkpoints (not its targets): a run resumes from what it wrote, a frozen base is
+not written again, and a checkpoint whose files changed is refused rather than resumed or restarted over."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmarks.long_sequence import resume, write_checkpoint
+from lethe.models.adapter_stack import AdapterStack
+from lethe.models.ode_adapter import ODEAdapter
+from lethe.tasks.stores.integrity import IntegrityError
+from tests.conftest import ode_config, tiny_generator
+
+IDENTITY = {"method": "lethe", "every": 4, "sequence": [["trouser", "dress"], ["digit_3", "digit_8"]]}
+
+
+def bench_on(base):
+    """What `resume` reads of a Bench: the base, and an evaluation that records what it was asked to measure."""
+    asked = []
+    evaluation = SimpleNamespace(measure=lambda g, s, f, _: asked.append((g, s, list(f))) or {"measured": True})
+    return SimpleNamespace(base=base, eval=evaluation), asked
+
+
+def one_adapter_stack(generator) -> AdapterStack:
+    torch.manual_seed(3)
+    adapter = ODEAdapter(generator.feature_channels("mid_block"), ode_config())
+    torch.nn.init.normal_(adapter.field.outer.weight, std=0.5)
+    stack = AdapterStack()
+    stack.add("request-1", {"mid_block": adapter})
+    return stack
+
+
+def rows_up_to(step: int, name: str = "lethe") -> list[dict]:
+    return [{"method": name, "step": s} for s in range(step + 1)]
+
+
+def test_a_frozen_base_is_not_written_and_the_run_resumes_on_it(tmp_path):
+    base = tiny_generator()
+    stack = one_adapter_stack(base)
+    folder = tmp_path / "long-sequence-lethe"
+    write_checkpoint(folder, IDENTITY, 1, copy.deepcopy(base), stack, ["trouser"], {"trouser": "dress"}, base)
+    assert not (folder / "generator").exists() and (folder / "stack").is_dir()
+
+    bench, asked = bench_on(base)
+    _, generator, resumed, forgotten, anchors, parent, first = resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
+    assert first == 2 and forgotten == ["trouser"] and anchors == {"trouser": "dress"} and parent == {"measured": True}
+    assert generator is not base
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in generator.state_dict().items())
+    assert resumed.state_dict().keys() == stack.state_dict().keys()
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in stack.state_dict().items())
+    assert [forgotten for _, _, forgotten in asked] == [["trouser"]]
+
+
+def test_a_changed_generator_is_written_and_read_back(tmp_path):
+    base = tiny_generator()
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        next(tuned.unet.parameters()).add_(0.25)
+    folder = tmp_path / "long-sequence-dfr-ft"
+    identity = dict(IDENTITY, method="dfr-ft")
+    write_checkpoint(folder, identity, 1, tuned, AdapterStack(), ["trouser"], {"trouser": "dress"}, base)
+    assert (folder / "generator").is_dir()
+
+    bench, _ = bench_on(base)
+    _, generator, _, _, _, _, _ = resume(bench, folder, identity, rows_up_to(1, "dfr-ft"), "dfr-ft")
+    assert torch.equal(next(generator.unet.parameters()), next(tuned.unet.parameters()))
+    assert not torch.equal(next(generator.unet.parameters()), next(base.unet.parameters()))
+
+
+def test_a_checkpoint_whose_weights_changed_is_refused(tmp_path):
+    base = tiny_generator()
+    folder = tmp_path / "long-sequence-lethe"
+    write_checkpoint(folder, IDENTITY, 1, copy.deepcopy(base), one_adapter_stack(base), ["trouser"], {}, base)
+    weights = next((folder / "stack").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    bench, asked = bench_on(base)
+    with pytest.raises(IntegrityError, match=f"stack/{weights.name}"):
+        resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
+    assert asked == []
+
+
+def test_a_checkpoint_of_another_run_starts_the_sequence_over(tmp_path):
+    base = tiny_generator()
+    folder = tmp_path / "long-sequence-lethe"
+    write_checkpoint(folder, IDENTITY, 1, copy.deepcopy(base), AdapterStack(), ["trouser"], {}, base)
+    bench, _ = bench_on(base)
+    assert resume(bench, folder, dict(IDENTITY, every=3), rows_up_to(1), "lethe") is None
+    assert resume(bench, folder, IDENTITY, rows_up_to(0), "lethe") is None  # its rows are not all kept
+
+
+def test_a_checkpoint_taken_on_another_base_is_refused(tmp_path):
+    base = tiny_generator()
+    folder = tmp_path / "long-sequence-lethe"
+    write_checkpoint(folder, IDENTITY, 1, copy.deepcopy(base), AdapterStack(), ["trouser"], {}, base)
+    bench, asked = bench_on(tiny_generator(seed=1))
+    with pytest.raises(IntegrityError, match="another base"):
+        resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
+    assert asked == []
