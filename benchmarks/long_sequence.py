@@ -86,7 +86,20 @@ THIRTY_AUTO = (
 THIRTY = ",".join(  # the anchors --anchors chose (results/long-sequence-anchors.json), written out
     f"{c}:{a or ANCHORS_OF_THIRTY[c]}" for c, _, a in (p.partition(":") for p in THIRTY_AUTO.split(","))
 )
-SEQUENCES = {"nineteen": NINETEEN, "thirty-auto": THIRTY_AUTO, "thirty": THIRTY}
+# The validation sequence of the 46-concept world (DECISIONS.md, "Long sequences"): the 13 letters the thirty
+# requests never forget, anchors by the automatic rule, fixed on the base with `--anchors --sequence
+# validation-auto --out results/long-validation.json` (-> results/long-validation-anchors.json).
+VALIDATION_AUTO = ",".join(f"letter_{c}:" for c in "cdfijlnpquvyz")
+VALIDATION = ",".join(  # the anchors --anchors chose (results/long-validation-anchors.json), written out
+    f"letter_{c}:letter_{a}" for c, a in zip("cdfijlnpquvyz", "spptszwbgwwte")
+)
+SEQUENCES = {
+    "nineteen": NINETEEN,
+    "thirty-auto": THIRTY_AUTO,
+    "thirty": THIRTY,
+    "validation-auto": VALIDATION_AUTO,
+    "validation": VALIDATION,
+}
 METHODS = ("lethe", "dfr-ft")
 
 
@@ -320,6 +333,12 @@ def floors_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}-floors.json")
 
 
+def anchors_path(out: Path) -> Path:
+    """Where the automatic anchors of the sequence whose rows go to `out` are kept (results/long-sequence-anchors.json
+    for the default `--out`)."""
+    return out.with_name(f"{out.stem}-anchors.json")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -350,7 +369,7 @@ def main(argv=None) -> int:
         "--anchors",
         action="store_true",
         help="instead: the automatic anchor of every request that names none, on the base "
-        "-> results/long-sequence-anchors.json",
+        "-> <out>-anchors.json (results/long-sequence-anchors.json by default)",
     )
     args = parser.parse_args(argv)
     settings = load_settings(args.params).override(parse_overrides(args.set))
@@ -367,7 +386,7 @@ def main(argv=None) -> int:
     sequence = sequence_of(SEQUENCES.get(args.sequence, args.sequence))
     if args.anchors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
-        write([dict(r, **info) for r in resolve_anchors(bench, settings)], RESULTS / "long-sequence-anchors.json")
+        write([dict(r, **info) for r in resolve_anchors(bench, settings)], anchors_path(Path(args.out)))
         return 0
     if args.floors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
