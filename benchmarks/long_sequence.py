@@ -27,6 +27,7 @@ import argparse
 import copy
 import hashlib
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -41,15 +42,16 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.continual import RESULTS, Bench, machine, parse_overrides, write  # noqa: E402
 from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
+from benchmarks.tune import choose, final_ok, worst_forget  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
 from lethe.models.generator import Generator  # noqa: E402
 from lethe.models.sampler import sample  # noqa: E402
 from lethe.tasks.runtime import configure_torch  # noqa: E402
-from lethe.tasks.settings import load_settings  # noqa: E402
+from lethe.tasks.settings import Settings, load_settings  # noqa: E402
 from lethe.tasks.steps.anchor_choice import choose_anchor  # noqa: E402
 from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
-from lethe.tasks.stores.integrity import IntegrityError, manifest  # noqa: E402
+from lethe.tasks.stores.integrity import IntegrityError, manifest, manifest_digest, verify  # noqa: E402
 
 # 19 requests in the 20-concept world: every concept but one (the last anchor). The first ten are continual.py's
 # ten-request sequence; then the rest of each domain, the last digit anchored across domains on the one left.
@@ -181,11 +183,14 @@ def unconsolidated(stack: AdapterStack) -> int:
 CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 
 
-def write_checkpoint(folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors, base) -> None:
+def write_checkpoint(
+    folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors, base, base_sha256: str | None = None
+) -> None:
     """The model after `step` (generator and stack as safetensors, with their sha256) and where the sequence
     stands; whole or absent (written aside, then renamed over the previous one). A generator still equal to the
     base (Lethe's is frozen) is not written again: the checkpoint then holds only the stack, small enough to
-    commit so that a run can go on from another machine (`--checkpoints`)."""
+    commit so that a run can go on from another machine (`--checkpoints`). `base_sha256`: the base's
+    `weights_sha256`, when the caller has it already."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -197,7 +202,7 @@ def write_checkpoint(folder: Path, identity: dict, step: int, generator, stack, 
     generator_is = "saved" if "generator" in parts else "base"
     state = {**identity, "step": step, "forgotten": forgotten, "anchors": anchors, "generator": generator_is}
     state["sha256"] = manifest(partial, parts)
-    state["base_sha256"] = weights_sha256(base)
+    state["base_sha256"] = base_sha256 or weights_sha256(base)
     (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
@@ -217,7 +222,7 @@ def weights_sha256(generator) -> str:
     return digest.hexdigest()
 
 
-def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: str):
+def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: str, base_sha256: str | None = None):
     """(rows, generator, stack, forgotten, anchors, parent measurement, next step) from a checkpoint of the same
     run whose rows are all in `kept`; None to start from the first request. A checkpoint whose files differ
     from its recorded sha256 is refused (IntegrityError), never silently restarted over."""
@@ -230,11 +235,9 @@ def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: s
         return None
     on_base = state.get("generator") == "base"
     if "sha256" in state:  # checkpoints written before the sha256 was recorded carry none
-        found = manifest(folder, ("stack",) if on_base else ("generator", "stack"))
-        if found != state["sha256"]:
-            changed = sorted(k for k in found.keys() | state["sha256"].keys() if found.get(k) != state["sha256"].get(k))
-            raise IntegrityError(f"checkpoint {folder}: files differ from its recorded sha256: {', '.join(changed)}")
-    if "base_sha256" in state and state["base_sha256"] != weights_sha256(bench.base):
+        parts = ("stack",) if on_base else ("generator", "stack")
+        verify(folder, manifest_digest(state["sha256"]), state["sha256"], f"checkpoint {folder}", parts)
+    if "base_sha256" in state and state["base_sha256"] != (base_sha256 or weights_sha256(bench.base)):
         raise IntegrityError(f"checkpoint {folder} was taken on another base generator than this run's")
     generator = copy.deepcopy(bench.base) if on_base else Generator.from_folder(folder / "generator")
     stack = AdapterStack.load(folder / "stack")
@@ -242,6 +245,17 @@ def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: s
     parent = bench.eval.measure(generator, stack, forgotten, forgotten)
     print(f"{name}: resuming after request {state['step']} from {folder}", flush=True)
     return rows, generator, stack, forgotten, anchors, parent, state["step"] + 1
+
+
+def checkpoint_identity(method: str, every: int, sequence, settings: Settings) -> dict:
+    """What a checkpoint must match to be resumed: a setting changed mid-run would mix two runs in one curve
+    (Lethe's fold, or a baseline's own section, e.g. dfr-ft's learning rate in a tuning round)."""
+    identity = {"method": method, "every": every, "sequence": [list(pair) for pair in sequence]}
+    if method == "lethe":
+        identity["consolidate"] = settings.consolidate.model_dump(mode="json")
+    elif (section := method.replace("-", "_")) in type(settings.baselines).model_fields:
+        identity["baseline"] = getattr(settings.baselines, section).model_dump(mode="json")
+    return identity
 
 
 def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list[dict]) -> list[dict]:
@@ -252,10 +266,9 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
     generator, stack, forgotten, anchors, parent = copy.deepcopy(bench.base), AdapterStack(), [], {}, bench.eval.base
     first = 1
     checkpoint = Path(args.checkpoints) / f"long-sequence-{name}"
-    identity = {"method": method, "every": every, "sequence": [list(pair) for pair in bench.sequence]}
-    if method == "lethe":  # a fold setting changed mid-run would mix two runs in one curve
-        identity["consolidate"] = settings.consolidate.model_dump(mode="json")
-    resumed = resume(bench, checkpoint, identity, kept, name)
+    identity = checkpoint_identity(method, every, bench.sequence, settings)
+    base_sha256 = weights_sha256(bench.base)
+    resumed = resume(bench, checkpoint, identity, kept, name, base_sha256)
     if resumed:
         rows, generator, stack, forgotten, anchors, parent, first = resumed
     for step, (concept, anchor) in enumerate(bench.sequence, start=1):
@@ -324,7 +337,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
             flush=True,
         )
         save(rows)
-        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors, bench.base)
+        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors, bench.base, base_sha256)
     return rows
 
 
@@ -337,6 +350,48 @@ def anchors_path(out: Path) -> Path:
     """Where the automatic anchors of the sequence whose rows go to `out` are kept (results/long-sequence-anchors.json
     for the default `--out`)."""
     return out.with_name(f"{out.stem}-anchors.json")
+
+
+def chosen_path(out: Path) -> Path:
+    """Where a tuning round's choice over the runs in `out` is kept (render_tables reads it)."""
+    return out.with_name(f"{out.stem}-chosen.json")
+
+
+def set_overrides(command: str) -> dict[str, str]:
+    """The `--set SECTION.KEY=VALUE` pairs of a recorded command: a candidate's setting, as it was run."""
+    words = shlex.split(command)
+    return dict(w.split("=", 1) for k, w in zip(words, words[1:]) if k == "--set")
+
+
+def choose_candidate(rows: list[dict], floor_of: dict[str, float], method: str, requests: int) -> dict:
+    """The protocol's rule (`benchmarks/tune.choose`) over a tuning round's runs of `method`, named
+    `<method>-1`, `<method>-2`, ... in the order they were declared; every run must have reached `requests`."""
+    runs: dict[int, list[dict]] = {}
+    for r in rows:
+        head, _, index = r["method"].rpartition("-")
+        if head == method and index.isdigit():
+            runs.setdefault(int(index), []).append(r)
+    if not runs:
+        raise ValueError(f"no run of {method} to choose from (rows named {method}-1, {method}-2, ...)")
+    names = [f"{method}-{i}" for i in sorted(runs)]
+    ordered = [sorted(runs[i], key=lambda r: r["step"]) for i in sorted(runs)]
+    unfinished = [n for n, steps in zip(names, ordered) if steps[-1]["step"] != requests]
+    if unfinished:
+        raise ValueError(f"{', '.join(unfinished)} did not reach request {requests}: the rule compares whole runs")
+    configs = [set_overrides(steps[-1]["command"]) for steps in ordered]
+    index = choose(list(zip(configs, ordered)), floor_of)
+    candidates = [
+        {
+            "name": name,
+            "config": config,
+            "retain_acc": steps[-1]["retain_acc"],
+            "worst_forget": worst_forget(steps),
+            "within_floors": final_ok(steps, floor_of),
+            "chosen": i == index,
+        }
+        for i, (name, config, steps) in enumerate(zip(names, configs, ordered))
+    ]
+    return {"method": method, "chosen": names[index], "config": configs[index], "candidates": candidates}
 
 
 def main(argv=None) -> int:
@@ -371,6 +426,12 @@ def main(argv=None) -> int:
         help="instead: the automatic anchor of every request that names none, on the base "
         "-> <out>-anchors.json (results/long-sequence-anchors.json by default)",
     )
+    parser.add_argument(
+        "--choose",
+        metavar="METHOD",
+        help="instead: the protocol's rule (benchmarks/tune.py) over the runs METHOD-1, METHOD-2, ... in <out>, "
+        "held to <out>-floors.json -> <out>-chosen.json",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.params).override(parse_overrides(args.set))
     configure_torch(settings.runtime)
@@ -387,6 +448,14 @@ def main(argv=None) -> int:
     if args.anchors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)
         write([dict(r, **info) for r in resolve_anchors(bench, settings)], anchors_path(Path(args.out)))
+        return 0
+    if args.choose:
+        out = Path(args.out)
+        floors = json.loads(floors_path(out).read_text())  # one per request of the sequence the runs forgot
+        floor_of = {r["concept"]: r["floor"] for r in floors}
+        chosen = choose_candidate(json.loads(out.read_text()), floor_of, args.choose, len(floors))
+        write([dict(chosen, **info)], chosen_path(out))
+        print(f"{args.choose}: the rule chooses {chosen['chosen']} {chosen['config']}")
         return 0
     if args.floors:
         bench = Bench(settings, sequence, args.forget_samples, args.retain_samples, args.eval_seed, measure_base=False)

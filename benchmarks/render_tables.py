@@ -1059,6 +1059,65 @@ def long_markdown(
     return "\n".join(out)
 
 
+def long_tuning_markdown(rows: list[dict], plots: Path) -> str:
+    """A tuning round on the long validation sequence (long-validation.json): every candidate's last request,
+    the rule's choice marked when it has been made (long-validation-chosen.json, `--choose`)."""
+    chosen = {c["name"]: c for r in load(plots.parent, "long-validation-chosen.json") or [] for c in r["candidates"]}
+    floors = {r["concept"]: r["floor"] for r in load(plots.parent, "long-validation-floors.json") or []}
+    groups = by_method_step(rows)
+    body = []
+    for method, steps in groups.items():
+        last = steps[max(steps)][0]
+        later = [r for s, (r, *_) in steps.items() if s > 0]
+        each = last.get("forget_acc_each") or {}
+        within = sum(a <= max(0.02, floors.get(c, 0.0)) for c, a in each.items())
+        worst = max(each, key=each.get) if each else None
+        body.append(
+            [
+                method,
+                config_cell(set_pairs(last.get("command", ""))),
+                str(max(steps)),
+                pct(last.get("retain_acc")),
+                f"{within} of {len(each)}",
+                f"{worst} {pct(each[worst])}" if worst else DASH,
+                str(sum(bool(r.get("collapsed")) for r in later)),
+                str(sum(bool(r.get("rejected")) for r in later)),
+                "**chosen**" if chosen.get(method, {}).get("chosen") else "",
+            ]
+        )
+    header = [
+        "candidate",
+        "setting",
+        "requests",
+        "retained",
+        "within floor or ≤ 2%",
+        "worst forgotten",
+        "collapsed steps",
+        "rejected steps",
+        "",
+    ]
+    commands = in_order(r["command"] for r in rows if "command" in r)
+    choice = load(plots.parent, "long-validation-chosen.json")
+    return "\n".join(
+        [
+            "## Long validation sequence: dfr-ft's second tuning round (issue 14)",
+            "",
+            "\n".join(f"    {c}" for c in commands),
+            "",
+            f"The rule's choice: `{choice[-1]['command']}`." if choice else "The rule has not been applied yet.",
+            "",
+            table(header, body),
+            "",
+        ]
+    )
+
+
+def set_pairs(command: str) -> dict[str, str]:
+    """The `--set SECTION.KEY=VALUE` pairs of a recorded command."""
+    words = command.split()
+    return dict(w.split("=", 1) for k, w in zip(words, words[1:]) if k == "--set")
+
+
 def world_markdown(rows: list[dict], plots: Path) -> str:
     """The embedded world per domain: the judge on real test images and the base's samples judged."""
     domains = sorted({d for r in rows for d in r["base_samples_by_domain"]})
@@ -1263,6 +1322,7 @@ def markdown(results_dir: Path = RESULTS) -> str:
                 floors="long-sequence-30-floors.json",
             ),
         ),
+        ("long-validation.json", long_tuning_markdown),
         ("world.json", world_markdown),
         ("fulfilment.json", fulfilment_markdown),
         ("export-validation.json", export_tuning_markdown),

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.long_sequence import resume, write_checkpoint
+from benchmarks.long_sequence import checkpoint_identity, choose_candidate, resume, write_checkpoint
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.ode_adapter import ODEAdapter
 from lethe.tasks.stores.integrity import IntegrityError
-from tests.conftest import ode_config, tiny_generator
+from tests.conftest import ode_config, shipped_settings, tiny_generator
 
 IDENTITY = {"method": "lethe", "every": 4, "sequence": [["trouser", "dress"], ["digit_3", "digit_8"]]}
 
@@ -101,3 +101,55 @@ def test_a_checkpoint_taken_on_another_base_is_refused(tmp_path):
     with pytest.raises(IntegrityError, match="another base"):
         resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
     assert asked == []
+
+
+def test_a_baseline_checkpoint_taken_at_another_setting_starts_the_sequence_over(tmp_path):
+    """A tuning round runs one baseline at several settings: a candidate must never go on from another's model."""
+    settings = shipped_settings()
+    sequence = [("trouser", "dress")]
+    identity = checkpoint_identity("dfr-ft", 0, sequence, settings)
+    other = checkpoint_identity("dfr-ft", 0, sequence, settings.override({"baselines.dfr_ft.lr": 3e-5}))
+    assert identity["baseline"]["lr"] == settings.baselines.dfr_ft.lr and other["baseline"]["lr"] == 3e-5
+
+    base = tiny_generator()
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        next(tuned.unet.parameters()).add_(0.25)
+    folder = tmp_path / "long-sequence-dfr-ft"
+    write_checkpoint(folder, identity, 1, tuned, AdapterStack(), ["trouser"], {"trouser": "dress"}, base)
+    bench, _ = bench_on(base)
+    assert resume(bench, folder, other, rows_up_to(1, "dfr-ft"), "dfr-ft") is None
+    assert resume(bench, folder, identity, rows_up_to(1, "dfr-ft"), "dfr-ft") is not None
+
+
+def tuning_run(index: int, lr: str, retained: list[float], forget: dict[str, float]) -> list[dict]:
+    """A candidate's rows as long_sequence writes them: its command, and per request the model after it."""
+    command = (
+        f"python benchmarks/long_sequence.py --methods dfr-ft --name dfr-ft-{index} --set baselines.dfr_ft.lr={lr}"
+    )
+    rows = [{"method": f"dfr-ft-{index}", "step": 0, "retain_acc": 1.0, "forget_acc_each": {}, "command": command}]
+    for step, acc in enumerate(retained, start=1):
+        rows.append(
+            {"method": f"dfr-ft-{index}", "step": step, "retain_acc": acc, "collapsed": False, "rejected": False}
+        )
+        rows[-1].update(forget_acc_each=dict(list(forget.items())[:step]), command=command)
+    return rows
+
+
+def test_the_tuning_rule_prefers_a_candidate_that_forgets_over_one_that_retains_more():
+    floors = {"letter_c": 0.004, "letter_d": 0.016}
+    forgets_well = tuning_run(1, "1e-4", [0.98, 0.96], {"letter_c": 0.01, "letter_d": 0.03})
+    keeps_more = tuning_run(2, "3e-5", [0.99, 0.985], {"letter_c": 0.01, "letter_d": 0.09})  # 9% > 1.6% + 3 points
+    chosen = choose_candidate(keeps_more + forgets_well, floors, "dfr-ft", 2)
+    assert chosen["chosen"] == "dfr-ft-1" and chosen["config"] == {"baselines.dfr_ft.lr": "1e-4"}
+    assert [c["within_floors"] for c in chosen["candidates"]] == [True, False]
+    assert chosen["candidates"][1]["worst_forget"] == 0.09
+
+
+def test_the_tuning_rule_refuses_to_compare_an_unfinished_run():
+    finished = tuning_run(1, "1e-4", [0.98, 0.96], {"letter_c": 0.01, "letter_d": 0.03})
+    stopped = tuning_run(2, "3e-5", [0.99], {"letter_c": 0.01})
+    with pytest.raises(ValueError, match="dfr-ft-2 did not reach request 2"):
+        choose_candidate(finished + stopped, {}, "dfr-ft", 2)
+    with pytest.raises(ValueError, match="no run of lethe"):
+        choose_candidate(finished, {}, "lethe", 2)

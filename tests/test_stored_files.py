@@ -70,7 +70,7 @@ def test_weights_are_checked_against_the_registry_before_use(one_step, capsys, t
     state = production_state(run_cli, capsys)
     assert run_cli("sample", "--concept", "bag", "--out", str(tmp_path / "no.npy")) == 2
     err = capsys.readouterr().err
-    assert "version 2: files differ from the registered sha256 (changed: adapters/adapter_stack.safetensors)" in err
+    assert "version 2: files differ from the recorded sha256 (changed: adapters/adapter_stack.safetensors)" in err
     assert not (tmp_path / "no.npy").exists() and "Traceback" not in err
     flip_a_byte(stored)  # restored
 
@@ -79,7 +79,7 @@ def test_weights_are_checked_against_the_registry_before_use(one_step, capsys, t
     flip_a_byte(stored_base)
     shutil.rmtree(ws.model_cache / "v1", ignore_errors=True)
     assert run_cli("sample", "--concept", "bag", "--version", "1", "--out", str(tmp_path / "no.npy")) == 2
-    assert f"version 1: files differ from the registered sha256 (changed: generator/unet/{stored_base.name})" in (
+    assert f"version 1: files differ from the recorded sha256 (changed: generator/unet/{stored_base.name})" in (
         capsys.readouterr().err
     )
     flip_a_byte(stored_base)

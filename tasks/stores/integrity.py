@@ -58,14 +58,16 @@ def parse_manifest(text: str) -> dict[str, str]:
     return out
 
 
-def verify(root: Path, recorded_digest: str, recorded: dict[str, str] | None, what: str) -> None:
-    """Raise IntegrityError unless the files under root hash to `recorded_digest`; `recorded` (the manifest
+def verify(
+    root: Path, recorded_digest: str, recorded: dict[str, str] | None, what: str, parts: tuple[str, ...] = PARTS
+) -> None:
+    """Raise IntegrityError unless the files under root/part hash to `recorded_digest`; `recorded` (the manifest
     registered with it, when at hand) names the files that differ."""
-    found = manifest(root)
+    found = manifest(root, parts)
     if manifest_digest(found) == recorded_digest:
         return
     if recorded is None or manifest_digest(recorded) != recorded_digest:
-        raise IntegrityError(f"{what}: files under {root} do not match the registered sha256 {recorded_digest[:12]}")
+        raise IntegrityError(f"{what}: files under {root} do not match the recorded sha256 {recorded_digest[:12]}")
     changed = sorted(n for n in found.keys() & recorded.keys() if found[n] != recorded[n])
     missing = sorted(recorded.keys() - found.keys())
     added = sorted(found.keys() - recorded.keys())
@@ -74,4 +76,4 @@ def verify(root: Path, recorded_digest: str, recorded: dict[str, str] | None, wh
         for label, names in (("changed", changed), ("missing", missing), ("unexpected", added))
         if names
     )
-    raise IntegrityError(f"{what}: files differ from the registered sha256 ({detail})")
+    raise IntegrityError(f"{what}: files differ from the recorded sha256 ({detail})")
