@@ -451,9 +451,15 @@ def main(argv=None) -> int:
         return 0
     if args.choose:
         out = Path(args.out)
+        for path, how in ((out, "the candidates"), (floors_path(out), "--floors with the same --out")):
+            if not path.is_file():
+                parser.error(f"--choose reads {path}: run {how} first")
         floors = json.loads(floors_path(out).read_text())  # one per request of the sequence the runs forgot
         floor_of = {r["concept"]: r["floor"] for r in floors}
-        chosen = choose_candidate(json.loads(out.read_text()), floor_of, args.choose, len(floors))
+        try:
+            chosen = choose_candidate(json.loads(out.read_text()), floor_of, args.choose, len(floors))
+        except ValueError as error:
+            parser.error(str(error))
         write([dict(chosen, **info)], chosen_path(out))
         print(f"{args.choose}: the rule chooses {chosen['chosen']} {chosen['config']}")
         return 0
