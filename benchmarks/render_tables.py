@@ -1062,7 +1062,8 @@ def long_markdown(
 def long_tuning_markdown(rows: list[dict], plots: Path) -> str:
     """A tuning round on the long validation sequence (long-validation.json): every candidate's last request,
     the rule's choice marked when it has been made (long-validation-chosen.json, `--choose`)."""
-    chosen = {c["name"]: c for r in load(plots.parent, "long-validation-chosen.json") or [] for c in r["candidates"]}
+    choice = load(plots.parent, "long-validation-chosen.json")
+    chosen = {c["name"]: c for r in choice or [] for c in r["candidates"]}
     floors = {r["concept"]: r["floor"] for r in load(plots.parent, "long-validation-floors.json") or []}
     groups = by_method_step(rows)
     body = []
@@ -1097,7 +1098,6 @@ def long_tuning_markdown(rows: list[dict], plots: Path) -> str:
         "",
     ]
     commands = in_order(r["command"] for r in rows if "command" in r)
-    choice = load(plots.parent, "long-validation-chosen.json")
     return "\n".join(
         [
             "## Long validation sequence: dfr-ft's second tuning round (issue 14)",
