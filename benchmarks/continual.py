@@ -135,10 +135,19 @@ class Evaluation:
         """The metric columns of one benchmark row (the base must have been measured first)."""
         return self.measured_row(generator, adapters, forgotten, domain_of, anchors, parent)[0]
 
-    def measured_row(self, generator, adapters, forgotten, domain_of, anchors=None, parent=None):
+    def measured_row(self, generator, adapters, forgotten, domain_of, anchors=None, parent=None, confusion=None):
         """(the row's columns, the measurement behind them: the next step's `parent`)."""
         m = self.measure(generator, adapters, forgotten, forgotten)
-        return self.row_of(m, generator.concepts, forgotten, domain_of, anchors, parent), m
+        return self.row_of(m, generator.concepts, forgotten, domain_of, anchors, parent, confusion), m
+
+    @staticmethod
+    def anchor_confusion(parent: dict, concepts: list[str], concept: str, anchor: str | None):
+        """(k, n): k of the anchor's n samples in the `parent` measurement judged as `concept`, as the pipeline
+        records it when a request runs (`tasks.operations.anchor_confusions`); None without an anchor."""
+        if anchor not in concepts:
+            return None
+        predicted = parent["pred"][anchor]
+        return int((predicted == concepts.index(concept)).sum()), len(predicted)
 
     def row_of(
         self,
@@ -148,11 +157,13 @@ class Evaluation:
         domain_of: str | None,
         anchors: dict[str, str] | None = None,
         parent: dict | None = None,
+        confusion: dict[str, tuple[int, int]] | None = None,
     ) -> dict:
         """The columns of a measurement `m` against the base. With `anchors` (concept -> anchor): the share of
         each forgotten concept's samples judged as its anchor. Collapse: a concept's sample diversity below
         `collapse_min` of the base's (for a forgotten concept, of its anchor's base samples). With `parent`
-        (the previous model's measurement): the pipeline's gates, as if the step were to be promoted."""
+        (the previous model's measurement): the pipeline's gates, as if the step were to be promoted, with each
+        forgotten concept's anchor `confusion` where given."""
         retained = [c for c in concepts if c not in forgotten]
 
         def prefix_acc(result, c):
@@ -182,7 +193,7 @@ class Evaluation:
             "accuracy": {c: round(m["acc"][c], 4) for c in concepts},
             **self.anchor_columns(m, concepts, forgotten, anchors or {}),
             **self.collapse_columns(m, retained, forgotten, anchors or {}),
-            **self.gate_columns(m, concepts, forgotten, parent),
+            **self.gate_columns(m, concepts, forgotten, parent, confusion),
         }
 
     def anchor_columns(self, m: dict, concepts: list[str], forgotten: list[str], anchors: dict) -> dict:
@@ -206,7 +217,9 @@ class Evaluation:
             "collapsed": bool(worst and ratios[worst] < self.collapse_min),
         }
 
-    def gate_columns(self, m: dict, concepts: list[str], forgotten: list[str], parent: dict | None) -> dict:
+    def gate_columns(
+        self, m: dict, concepts: list[str], forgotten: list[str], parent: dict | None, confusion=None
+    ) -> dict:
         """The pipeline's own gates (tasks/steps/gates.py) on this measurement against the parent's."""
         if parent is None:
             return {}
@@ -220,7 +233,7 @@ class Evaluation:
                 "kid": self.kid(result, retained, concepts),
             }
 
-        reasons = check_gates(scored(m), scored(parent), self.settings.gates)
+        reasons = check_gates(scored(m), scored(parent), self.settings.gates, confusion)
         return {"rejected": bool(reasons), "gate_reasons": reasons}
 
 
@@ -358,14 +371,16 @@ class Bench:
         name = name or method
         rows = [dict(self.base_row(name, seed))]
         generator, stack, forgotten = copy.deepcopy(self.base), AdapterStack(), []
-        anchors, parent = {}, self.eval.base
+        anchors, parent, confusions = {}, self.eval.base, {}
         for step, (concept, anchor) in enumerate(self.sequence, start=1):
             started = time.time()
             generator, stack, trainable, train_seconds, anchor, extra = self.train_step(
                 method, generator, stack, concept, anchor, forgotten, settings, name=f"step-{step}"
             )
             forgotten, anchors = forgotten + [concept], {**anchors, concept: anchor}
-            columns, parent = self.eval.measured_row(generator, stack, forgotten, concept, anchors, parent)
+            if confusion := self.eval.anchor_confusion(parent, generator.concepts, concept, anchor):
+                confusions[concept] = confusion
+            columns, parent = self.eval.measured_row(generator, stack, forgotten, concept, anchors, parent, confusions)
             row = {"method": name, "seed": seed, "step": step, "concept": concept, "anchor": anchor, **columns}
             row.update(
                 trainable_params=trainable,

@@ -51,6 +51,7 @@ from lethe.tasks.runtime import configure_torch  # noqa: E402
 from lethe.tasks.settings import Settings, load_settings  # noqa: E402
 from lethe.tasks.steps.anchor_choice import choose_anchor  # noqa: E402
 from lethe.tasks.steps.consolidate import consolidate  # noqa: E402
+from lethe.tasks.steps.gates import forget_limit  # noqa: E402
 from lethe.tasks.stores.integrity import IntegrityError, manifest, manifest_digest, verify  # noqa: E402
 
 # 19 requests in the 20-concept world: every concept but one (the last anchor). The first ten are continual.py's
@@ -161,16 +162,16 @@ def sampling_ratio(base, generator, adapters, steps: int, n: int, repeats: int) 
     return round(statistics.median(ratios), 4), round(statistics.median(seconds), 3)
 
 
-def fold_reasons(folded: dict, unfolded: dict, forget_max: float, n: int) -> list[str]:
+def fold_reasons(folded: dict, unfolded: dict, gates, confusions: dict, n: int) -> list[str]:
     """The pipeline's gates on a fold against the unfolded model, as the pipeline meets them. There production
-    always passed its gates; here a request may have left a concept above `gates.forget_acc_max` (the benchmark
-    goes on where the pipeline would have rejected the request), and the fold cannot be held to a gate its
-    parent fails: such a concept may not rise past the upper end of the unfolded model's 95% Wilson interval
-    (`n` samples), the fold's own sampling noise."""
+    always passed its gates; here a request may have left a concept above its forget gate (`forget_limit`, with
+    its anchor's confusion; the benchmark goes on where the pipeline would have rejected the request), and the
+    fold cannot be held to a gate its parent fails: such a concept may not rise past the upper end of the
+    unfolded model's 95% Wilson interval (`n` samples), the fold's own sampling noise."""
     reasons = [r for r in folded["gate_reasons"] if not r.startswith("forget accuracy of ")]
     for concept, acc in folded["forget_acc_each"].items():
-        before = unfolded["forget_acc_each"][concept]
-        limit = forget_max if before <= forget_max else wilson(round(before * n), n)[1]
+        before, limit = unfolded["forget_acc_each"][concept], forget_limit(gates, confusions.get(concept))
+        limit = limit if before <= limit else wilson(round(before * n), n)[1]
         if acc > limit:
             reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {limit:.3f}")
     return reasons
@@ -184,13 +185,23 @@ CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 
 
 def write_checkpoint(
-    folder: Path, identity: dict, step: int, generator, stack, forgotten, anchors, base, base_sha256: str | None = None
+    folder: Path,
+    identity: dict,
+    step: int,
+    generator,
+    stack,
+    forgotten,
+    anchors,
+    base,
+    base_sha256: str | None = None,
+    progress: dict | None = None,
 ) -> None:
     """The model after `step` (generator and stack as safetensors, with their sha256) and where the sequence
     stands; whole or absent (written aside, then renamed over the previous one). A generator still equal to the
     base (Lethe's is frozen) is not written again: the checkpoint then holds only the stack, small enough to
     commit so that a run can go on from another machine (`--checkpoints`). `base_sha256`: the base's
-    `weights_sha256`, when the caller has it already."""
+    `weights_sha256`, when the caller has it already; `progress`: more of where the sequence stands (the anchors'
+    confusions, the last rejected fold), as `resume` gives it back."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -201,6 +212,7 @@ def write_checkpoint(
     stack.save(partial / "stack")
     generator_is = "saved" if "generator" in parts else "base"
     state = {**identity, "step": step, "forgotten": forgotten, "anchors": anchors, "generator": generator_is}
+    state["progress"] = progress or {}
     state["sha256"] = manifest(partial, parts)
     state["base_sha256"] = base_sha256 or weights_sha256(base)
     (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -223,8 +235,8 @@ def weights_sha256(generator) -> str:
 
 
 def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: str, base_sha256: str | None = None):
-    """(rows, generator, stack, forgotten, anchors, parent measurement, next step) from a checkpoint of the same
-    run whose rows are all in `kept`; None to start from the first request. A checkpoint whose files differ
+    """(rows, generator, stack, forgotten, anchors, parent measurement, next step, progress) from a checkpoint of
+    the same run whose rows are all in `kept`; None to start from the first request. A checkpoint whose files differ
     from its recorded sha256 is refused (IntegrityError), never silently restarted over."""
     if not (folder / "state.json").is_file():
         return None
@@ -244,7 +256,7 @@ def resume(bench: Bench, folder: Path, identity: dict, kept: list[dict], name: s
     forgotten, anchors = state["forgotten"], state["anchors"]
     parent = bench.eval.measure(generator, stack, forgotten, forgotten)
     print(f"{name}: resuming after request {state['step']} from {folder}", flush=True)
-    return rows, generator, stack, forgotten, anchors, parent, state["step"] + 1
+    return rows, generator, stack, forgotten, anchors, parent, state["step"] + 1, state.get("progress", {})
 
 
 def checkpoint_identity(method: str, every: int, sequence, settings: Settings) -> dict:
@@ -253,6 +265,7 @@ def checkpoint_identity(method: str, every: int, sequence, settings: Settings) -
     identity = {"method": method, "every": every, "sequence": [list(pair) for pair in sequence]}
     if method == "lethe":
         identity["consolidate"] = settings.consolidate.model_dump(mode="json")
+        identity["gates"] = settings.gates.model_dump(mode="json")  # they decide which folds are kept
     elif (section := method.replace("-", "_")) in type(settings.baselines).model_fields:
         identity["baseline"] = getattr(settings.baselines, section).model_dump(mode="json")
     return identity
@@ -264,13 +277,14 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
     base_flops = denoising_flops(bench.base, None)
     rows = [dict(bench.base_row(name, settings.train.seed), flops_ratio=1.0, sampling_ratio=1.0)]
     generator, stack, forgotten, anchors, parent = copy.deepcopy(bench.base), AdapterStack(), [], {}, bench.eval.base
-    first = 1
+    first, progress = 1, {"confusions": {}, "rejected_at": None}
     checkpoint = Path(args.checkpoints) / f"long-sequence-{name}"
     identity = checkpoint_identity(method, every, bench.sequence, settings)
     base_sha256 = weights_sha256(bench.base)
     resumed = resume(bench, checkpoint, identity, kept, name, base_sha256)
     if resumed:
-        rows, generator, stack, forgotten, anchors, parent, first = resumed
+        rows, generator, stack, forgotten, anchors, parent, first, saved = resumed
+        progress.update(saved)
     for step, (concept, anchor) in enumerate(bench.sequence, start=1):
         if step < first:
             continue
@@ -280,9 +294,18 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
         )
         step_seconds = time.time() - started
         forgotten, anchors = forgotten + [concept], {**anchors, concept: anchor}
-        columns, measured = bench.eval.measured_row(generator, stack, forgotten, concept, anchors, parent)
+        if confusion := bench.eval.anchor_confusion(parent, bench.base.concepts, concept, anchor):
+            progress["confusions"][concept] = list(confusion)  # measured on the parent, as the pipeline does
+        confusions = {c: tuple(kn) for c, kn in progress["confusions"].items()}
+        columns, measured = bench.eval.measured_row(generator, stack, forgotten, concept, anchors, parent, confusions)
         folded = {}
-        if method == "lethe" and every and unconsolidated(stack) >= every:
+        rejected_at, retry_after = progress["rejected_at"], settings.consolidate.retry_after
+        if (
+            method == "lethe"
+            and every
+            and unconsolidated(stack) >= every
+            and (rejected_at is None or step - rejected_at >= retry_after)
+        ):
             start = time.time()
             result = consolidate(
                 generator,
@@ -297,8 +320,11 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
             seconds = time.time() - start
             step_seconds += seconds
             candidate = result.consolidated.stack
-            c_columns, c_measured = bench.eval.measured_row(generator, candidate, forgotten, concept, anchors, measured)
-            reasons = fold_reasons(c_columns, columns, settings.gates.forget_acc_max, bench.eval.forget_n)
+            c_columns, c_measured = bench.eval.measured_row(
+                generator, candidate, forgotten, concept, anchors, measured, confusions
+            )
+            reasons = fold_reasons(c_columns, columns, settings.gates, confusions, bench.eval.forget_n)
+            progress["rejected_at"] = step if reasons else None
             folded = {
                 "consolidated": not reasons,
                 "consolidate_seconds": round(seconds, 1),
@@ -315,7 +341,7 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
             bench.base, generator, stack, settings.sampling.steps, settings.sampling.batch_size, args.timing_repeats
         )
         row = {"method": name, "seed": settings.train.seed, "step": step, "concept": concept, "anchor": anchor}
-        row.update(columns)
+        row.update(columns, anchor_confusion=list(confusion) if confusion else None)
         row.update(
             trainable_params=trainable,
             base_params=bench.base_params,
@@ -337,7 +363,9 @@ def run(bench: Bench, method: str, every: int, name: str, args, save, kept: list
             flush=True,
         )
         save(rows)
-        write_checkpoint(checkpoint, identity, step, generator, stack, forgotten, anchors, bench.base, base_sha256)
+        write_checkpoint(
+            checkpoint, identity, step, generator, stack, forgotten, anchors, bench.base, base_sha256, progress
+        )
     return rows
 
 

@@ -34,6 +34,7 @@ from lethe.flows.unlearn import (
     scored,
     summary_metrics,
 )
+from lethe.tasks.operations.anchor_confusions import lineage_confusions
 from lethe.tasks.operations.consistency import check_agreement
 from lethe.tasks.operations.rollback import ancestors
 from lethe.tasks.steps.consolidate import consolidate_task
@@ -74,13 +75,29 @@ def carried_requests(ctx: Context, version: str) -> list[int]:
 
 def consolidation_due(ctx: Context) -> bool:
     """`consolidate.every` requests sit unconsolidated on production, and its consolidation is not decided
-    yet: none was registered, or one passed but was not promoted (its batch died)."""
-    every = ctx.settings.consolidate.every
+    yet: none was registered, or one passed but was not promoted (its batch died). After a rejected
+    consolidation the next try waits `consolidate.retry_after` requests: a fold that failed its gates on the
+    parent before would most likely fail again, at the cost of a full fold every night."""
+    every, retry_after = ctx.settings.consolidate.every, ctx.settings.consolidate.retry_after
     production = ctx.registry.production()
     if not every or production is None or len(unconsolidated_requests(ctx, production.version)) < every:
         return False
     registered = ctx.registry.by_key(consolidation_key(str(production.version)))
-    return registered is None or registered.tags.get("gate") == "passed"
+    if registered is not None:
+        return registered.tags.get("gate") == "passed"
+    return requests_since_rejected_consolidation(ctx, str(production.version)) >= retry_after
+
+
+def requests_since_rejected_consolidation(ctx: Context, version: str) -> float:
+    """How many request steps of `version`'s lineage came after the last consolidation rejected on one of its
+    ancestors since the last kept one (infinity: none was rejected)."""
+    for since, registered in enumerate(ancestors(ctx.registry, version)):
+        if registered.tags.get("kind") != "unlearning-step":
+            break
+        tried = ctx.registry.by_key(consolidation_key(str(registered.version)))
+        if tried is not None and tried.tags.get("gate") == "failed":
+            return since
+    return float("inf")
 
 
 def finish_registered(ctx: Context, registered, parent) -> dict:
@@ -137,7 +154,7 @@ def consolidate_production(ctx: Context, trigger: str) -> dict:
     after["recovery"] = audit_recovery_task(
         generator, fitted.stack, ctx.judge, forgotten, attacker_images(ctx), s.recovery, s.sampling
     )
-    reasons = check_gates(after, before, s.gates)
+    reasons = check_gates(after, before, s.gates, lineage_confusions(ctx.registry, str(parent.version)))
     requests = carried_requests(ctx, str(parent.version))
     tags = {
         "kind": KIND,

@@ -22,6 +22,7 @@ from lethe.flows.progress import reporter
 from lethe.models.adapter_stack import AdapterStack
 from lethe.tasks.images import concept_grid
 from lethe.tasks.model_sources import check_judge_covers, open_generator, open_judge
+from lethe.tasks.operations.anchor_confusions import confusion_tag, lineage_confusions, measure_anchor_confusion
 from lethe.tasks.operations.consistency import check_agreement
 from lethe.tasks.operations.deadlines import flags, hours_since
 from lethe.tasks.operations.lineage import lineage
@@ -335,7 +336,13 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
         generator, trained.stack, ctx.judge, audited, attacker, s.recovery, s.sampling
     )
     images, labels = samples["main"]
-    reasons = check_gates(after, before, s.gates)
+    confusion = measure_anchor_confusion(
+        ctx.judge, *parent_samples["main"], generator.concepts, request.concept, replay.anchor
+    )
+    confusions = lineage_confusions(ctx.registry, str(parent.version))
+    if confusion:
+        confusions[request.concept] = confusion
+    reasons = check_gates(after, before, s.gates, confusions)
     ws = ctx.workspace
     tags = {
         "kind": "unlearning-step",
@@ -353,6 +360,7 @@ def unlearn_request(ctx: Context, request: Request, plan: AttemptPlan) -> dict:
         "retain_path": ws.relative(retain_ref.path),
         "adapter_name": name,
         "adapter_sha256": trained.stack.sha256([name]),
+        **confusion_tag(confusion),
         "gate": "failed" if reasons else "passed",
         "gate_reasons": "; ".join(reasons)[:4000],
         "rejected": "true" if reasons else "false",

@@ -273,6 +273,7 @@ class ConsolidateSettings(Section):
     attack_rounds: Annotated[int, Field(ge=0)]  # rounds of the recovery attack against the fold (0: none)
     attack_rows: PositiveInt  # rows kept per forgotten concept and round, conditioned on what the attack found
     attack_share: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of every later batch drawn from those rows
+    retry_after: PositiveInt  # requests after a rejected consolidation before the next try (1: at the next one)
 
     @model_validator(mode="after")
     def _rounds_fit(self):
@@ -289,6 +290,7 @@ class EvalSettings(Section):
 
 class GateSettings(Section):
     forget_acc_max: Fraction
+    anchor_confusion_max: Fraction  # a concept's forget gate rises to its anchor's confusion, up to this
     held_out_forget_acc_max: Fraction  # the same, on held-out paraphrases (text-to-image concept files)
     retain_ratio_min: NonNegative
     kid_max_ratio: Positive

@@ -1,8 +1,13 @@
 from lethe.tasks.settings import GateSettings
-from lethe.tasks.steps.gates import check_gates
+from lethe.tasks.steps.gates import check_gates, forget_limit
 
 GATES = GateSettings(
-    forget_acc_max=0.1, held_out_forget_acc_max=0.1, retain_ratio_min=0.95, kid_max_ratio=1.1, recovery_acc_max=0.2
+    forget_acc_max=0.1,
+    anchor_confusion_max=0.2,
+    held_out_forget_acc_max=0.1,
+    retain_ratio_min=0.95,
+    kid_max_ratio=1.1,
+    recovery_acc_max=0.2,
 )
 
 
@@ -41,4 +46,22 @@ def test_a_concept_the_recovery_attack_brings_back_is_gated():
     after["recovery"] = {"bag": 0.35, "coat": 0.2}  # coat at the threshold passes
     assert check_gates(after, before, GATES) == [
         "the recovery attack brings bag back: its attacked samples are judged as it on 0.350 > 0.2"
+    ]
+
+
+def test_a_concept_may_stay_as_recognisable_as_its_anchor_is_confused_with_it_up_to_a_cap():
+    before = scored(["shirt", "bag"], {"shirt": 0.9, "bag": 0.9}, 0.80, 100.0)
+    after = scored(["shirt", "bag"], {"shirt": 0.15, "bag": 0.15}, 0.80, 100.0)
+    # tshirt (shirt's anchor) judged shirt on 5 of 32 samples; bag's anchor never judged bag
+    confusion = {"shirt": (5, 32), "bag": (0, 32)}
+    assert check_gates(after, before, GATES, confusion) == ["forget accuracy of bag is 0.150 > 0.1"]
+    after["accuracy"]["shirt"] = 0.16
+    assert check_gates(after, before, GATES, confusion)[0] == (
+        "forget accuracy of shirt is 0.160 > 0.156 (its anchor's confusion 5/32, at most 0.2)"
+    )
+    assert forget_limit(GATES, (16, 32)) == 0.2  # capped
+    assert forget_limit(GATES, None) == forget_limit(GATES, (0, 0)) == forget_limit(GATES, (1, 32)) == 0.1
+    assert check_gates(after, before, GATES) == [  # no confusion measured: the flat gate, as before
+        "forget accuracy of shirt is 0.160 > 0.1",
+        "forget accuracy of bag is 0.150 > 0.1",
     ]

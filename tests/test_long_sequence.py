@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.long_sequence import checkpoint_identity, choose_candidate, resume, write_checkpoint
+from benchmarks.long_sequence import checkpoint_identity, choose_candidate, fold_reasons, resume, write_checkpoint
 from lethe.models.adapter_stack import AdapterStack
 from lethe.models.ode_adapter import ODEAdapter
 from lethe.tasks.stores.integrity import IntegrityError
@@ -40,12 +40,17 @@ def test_a_frozen_base_is_not_written_and_the_run_resumes_on_it(tmp_path):
     base = tiny_generator()
     stack = one_adapter_stack(base)
     folder = tmp_path / "long-sequence-lethe"
-    write_checkpoint(folder, IDENTITY, 1, copy.deepcopy(base), stack, ["trouser"], {"trouser": "dress"}, base)
+    progress = {"confusions": {"trouser": [1, 32]}, "rejected_at": 1}
+    write_checkpoint(
+        folder, IDENTITY, 1, copy.deepcopy(base), stack, ["trouser"], {"trouser": "dress"}, base, progress=progress
+    )
     assert not (folder / "generator").exists() and (folder / "stack").is_dir()
 
     bench, asked = bench_on(base)
-    _, generator, resumed, forgotten, anchors, parent, first = resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
+    resumed_run = resume(bench, folder, IDENTITY, rows_up_to(1), "lethe")
+    _, generator, resumed, forgotten, anchors, parent, first, saved = resumed_run
     assert first == 2 and forgotten == ["trouser"] and anchors == {"trouser": "dress"} and parent == {"measured": True}
+    assert saved == progress  # the anchors' confusions and the last rejected fold go on with the run
     assert generator is not base
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in generator.state_dict().items())
     assert resumed.state_dict().keys() == stack.state_dict().keys()
@@ -64,7 +69,7 @@ def test_a_changed_generator_is_written_and_read_back(tmp_path):
     assert (folder / "generator").is_dir()
 
     bench, _ = bench_on(base)
-    _, generator, _, _, _, _, _ = resume(bench, folder, identity, rows_up_to(1, "dfr-ft"), "dfr-ft")
+    _, generator, _, _, _, _, _, _ = resume(bench, folder, identity, rows_up_to(1, "dfr-ft"), "dfr-ft")
     assert torch.equal(next(generator.unet.parameters()), next(tuned.unet.parameters()))
     assert not torch.equal(next(generator.unet.parameters()), next(base.unet.parameters()))
 
@@ -153,3 +158,16 @@ def test_the_tuning_rule_refuses_to_compare_an_unfinished_run():
         choose_candidate(finished + stopped, {}, "dfr-ft", 2)
     with pytest.raises(ValueError, match="no run of lethe"):
         choose_candidate(finished, {}, "lethe", 2)
+
+
+def test_a_fold_may_draw_a_concept_as_often_as_its_anchor_is_judged_as_it():
+    gates = shipped_settings().gates  # forget_acc_max 0.10, anchor_confusion_max 0.20
+    unfolded = {"forget_acc_each": {"shirt": 0.0625, "bag": 0.0}, "gate_reasons": []}
+    folded = {"forget_acc_each": {"shirt": 0.156, "bag": 0.0}, "gate_reasons": ["retained accuracy fell"]}
+    flat = fold_reasons(folded, unfolded, gates, {}, 64)
+    assert flat == ["retained accuracy fell", "forget accuracy of shirt is 0.156 > 0.100"]
+    assert fold_reasons(folded, unfolded, gates, {"shirt": (6, 32)}, 64) == ["retained accuracy fell"]  # 18.8%
+    folded["forget_acc_each"]["shirt"] = 0.25  # over the cap, whatever the anchor's confusion
+    assert fold_reasons(folded, unfolded, gates, {"shirt": (16, 32)}, 64)[1:] == [
+        "forget accuracy of shirt is 0.250 > 0.200"
+    ]

@@ -48,8 +48,17 @@ def test_a_batch_consolidates_every_k_requests_and_rollback_undoes_it_exactly(ti
     assert set(json.loads(folded["unexplained"])) == {"up_blocks.1"}
     assert 0.0 <= float(folded["recovery.trouser"]) <= 1.0 and "recovery.digit_3" in folded  # audited like a step
     assert rows["5"]["parent_version"] == "4"
+    # each request recorded how often the judge named its anchor's samples (4 per concept) as the concept
+    for version, concept in (("2", "trouser"), ("3", "digit_3"), ("5", "bag")):
+        k, n = map(int, rows[version]["tags"]["anchor_confusion"].split("/"))
+        assert n == 4 and 0 <= k <= n and rows[version]["tags"]["concept"] == concept
 
     registry = registry_of(run_cli)
+    from lethe.tasks.operations.anchor_confusions import lineage_confusions
+
+    confusions = lineage_confusions(registry, "5")  # through the fold: every request it carries
+    assert set(confusions) == {"trouser", "digit_3", "bag"}
+    assert confusions["bag"] == tuple(map(int, rows["5"]["tags"]["anchor_confusion"].split("/")))
     _, stack = registry.load("5")
     assert stack.names == ["consolidated-v3", "request-3"]  # the new request trains on the folded model
     assert stack.sha256(["consolidated-v3"]) == folded["adapter_sha256"]
@@ -82,7 +91,9 @@ def test_a_batch_consolidates_every_k_requests_and_rollback_undoes_it_exactly(ti
     assert [r.state for r in queue.list()] == ["done", "done", "done"]
 
 
-def test_a_rejected_consolidation_leaves_production_and_is_not_retried(tiny_pipeline, prefect_harness, capsys):
+def test_a_rejected_consolidation_leaves_production_and_is_retried_only_requests_later(
+    tiny_pipeline, prefect_harness, capsys
+):
     run_cli = tiny_pipeline
     for concept in ("trouser", "digit_3"):
         assert run_cli("request", "add", concept) == 0
@@ -100,6 +111,18 @@ def test_a_rejected_consolidation_leaves_production_and_is_not_retried(tiny_pipe
     assert "resumed, version 4 not promoted: retained accuracy" in capsys.readouterr().out
     assert [str(v.version) for v in registry.versions()] == ["1", "2", "3", "4"]
     assert str(registry.production().version) == "3"
+
+    # the next request leaves 3 unconsolidated, but the fold was rejected only one request ago: no try
+    run_cli.change(gates__retain_ratio_min=0.0, consolidate__every=2, consolidate__retry_after=2)
+    assert run_cli("request", "add", "bag") == 0
+    capsys.readouterr()
+    assert run_cli("run") == 0
+    assert "consolidation" not in capsys.readouterr().out
+    assert str(registry.production().version) == "5"
+    assert run_cli("request", "add", "sandal") == 0  # two requests after the rejection: tried again
+    assert run_cli("run") == 0
+    assert "consolidation of version 6 = version 7, promoted to production" in capsys.readouterr().out
+    assert registry.version("7").tags["folded_requests"] == "1,2,3,4"
 
 
 def test_a_consolidation_registered_before_a_crash_is_promoted_by_the_next_batch(

@@ -38,6 +38,7 @@ from lethe.models.lora_distill import (
 from lethe.models.recovery_attack import recover_token_embedding, token_embedding_features
 from lethe.models.sampler import noised
 from lethe.models.text_generator import TextToImageGenerator
+from lethe.tasks.operations.anchor_confusions import lineage_confusions
 from lethe.tasks.operations.export_version import (
     check_new_folder,
     resolve_version,
@@ -270,7 +271,7 @@ def export_distilled(
             generator, adapters, forgotten, judge, real, attacker, evaluation, sampling, recovery, False,
             cached=version_samples,
         )  # fmt: skip
-        reasons = check_gates(after, before, gates)
+        reasons = check_gates(after, before, gates, lineage_confusions(registry, str(registered.version)))
         result.update(
             version=str(registered.version),
             format=fmt,

@@ -1,19 +1,42 @@
 """Quality gates: a new version may become production only if it forgets (its concepts' own prompts and, where
 the concept file has them, their held-out paraphrases), stays forgotten under the recovery attack, retains and
-still looks right."""
+still looks right.
+
+A forgotten concept is steered onto its anchor, so it can be judged as itself no less often than its anchor's
+own samples are (the anchor's confusion, measured on the parent when the request ran). Its forget gate is
+therefore `forget_acc_max` or that confusion, whichever is higher, but never above `anchor_confusion_max`: a
+fold that draws shirt exactly as its anchor tshirt, which the judge names shirt 16% of the time, is not
+rejected for it (DECISIONS.md, "Per-concept forget gates").
+"""
 
 from __future__ import annotations
 
 from lethe.tasks.settings import GateSettings
 
 
-def check_gates(after: dict, before: dict, gates: GateSettings) -> list[str]:
-    """Reasons the version fails (empty = passes). `before` is the parent scored on the same retained set."""
+def forget_limit(gates: GateSettings, confusion: tuple[int, int] | None) -> float:
+    """The forget accuracy a concept may keep: `confusion` = (k, n), k of its anchor's n samples judged as the
+    concept when its request ran (None: not measured, e.g. an anchor given as prompts)."""
+    if not confusion or not confusion[1]:
+        return gates.forget_acc_max
+    return max(gates.forget_acc_max, min(gates.anchor_confusion_max, confusion[0] / confusion[1]))
+
+
+def check_gates(
+    after: dict, before: dict, gates: GateSettings, confusion: dict[str, tuple[int, int]] | None = None
+) -> list[str]:
+    """Reasons the version fails (empty = passes). `before` is the parent scored on the same retained set;
+    `confusion`: per forgotten concept, its anchor's confusion (`forget_limit`); a concept without one is held to
+    `forget_acc_max`."""
     reasons = []
     for concept in after["forgotten"]:
-        acc = after["accuracy"][concept]
-        if acc > gates.forget_acc_max:
-            reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {gates.forget_acc_max}")
+        acc, limit = after["accuracy"][concept], forget_limit(gates, (confusion or {}).get(concept))
+        if acc > limit:
+            why = ""
+            if limit > gates.forget_acc_max:
+                k, n = confusion[concept]
+                why = f" (its anchor's confusion {k}/{n}, at most {gates.anchor_confusion_max})"
+            reasons.append(f"forget accuracy of {concept} is {acc:.3f} > {limit:.3g}{why}")
     for concept, acc in after.get("held_out_accuracy", {}).items():
         if concept in after["forgotten"] and acc > gates.held_out_forget_acc_max:
             reasons.append(
