@@ -9,7 +9,10 @@
 Each step is one request, handled as `benchmarks/continual.py` handles it (the pipeline's replay and trainer; the
 same judge and fixed-seed evaluation), plus, for Lethe, the pipeline's consolidation: whenever `--every`
 requests sit unconsolidated, the stack is folded (`tasks.steps.consolidate`), the folded model is measured and
-kept only if it passes the pipeline's gates against the unconsolidated one, as in `lethe run`.
+kept only if it passes the pipeline's gates against the unconsolidated one, as in `lethe run`: each forgotten
+concept held to its anchor's confusion where that is above `gates.forget_acc_max` (measured on the parent's
+samples when its request ran, as the pipeline records it), and after a rejected fold the next try waits
+`consolidate.retry_after` requests.
 
 Per step: forget accuracy of every concept forgotten so far, retained accuracy relative to the base, the step's
 cost (replay + training + consolidation seconds; the evaluation is not part of it) and the sampling cost of the

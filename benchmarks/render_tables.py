@@ -38,7 +38,13 @@ CONTINUAL_METRICS = [
 ]
 
 # result files (without .json) of benchmarks/long_sequence.py
-LONG_RUNS = ("long-sequence", "long-sequence-30", "long-sequence-30-share", "long-sequence-30-attack")
+LONG_RUNS = (
+    "long-sequence",
+    "long-sequence-30",
+    "long-sequence-30-share",
+    "long-sequence-30-attack",
+    "long-sequence-30-confusion",
+)
 LONG_METRICS = [
     ("forget_acc", "Forget accuracy (max over forgotten concepts)", "judged accuracy (%)", 100.0),
     ("retain_acc", "Retained accuracy", "% of base", 100.0),
@@ -1319,6 +1325,15 @@ def markdown(results_dir: Path = RESULTS) -> str:
                 long_markdown,
                 name="long-sequence-30-attack",
                 title="Thirty-request sequence, folds as shipped (half their rows forgotten, two attack rounds)",
+                floors="long-sequence-30-floors.json",
+            ),
+        ),
+        (
+            "long-sequence-30-confusion.json",
+            partial(
+                long_markdown,
+                name="long-sequence-30-confusion",
+                title="Thirty-request sequence, per-concept forget gates and a wait after a rejected fold",
                 floors="long-sequence-30-floors.json",
             ),
         ),

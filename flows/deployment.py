@@ -143,7 +143,63 @@ def deploy_nightly(
         paused=paused,
     )
     deployment_id = deployment.apply(work_pool_name=schedule.pool)
+    remove_stale_runs(name)
     return UUID(str(deployment_id))
+
+
+def from_replaced_schedule(run, deployment) -> bool:
+    """Whether `run` was made by the server's scheduler from a schedule `deployment` no longer has. Updating a
+    deployment deletes its auto-scheduled runs, but a scheduler pass that read the old schedule can still
+    insert one right after: it would start a batch at the old time."""
+    made_by = getattr(run.created_by, "id", None)
+    return bool(run.auto_scheduled and made_by) and str(made_by) not in {str(s.id) for s in deployment.schedules}
+
+
+def remove_stale_runs(name: str) -> int:
+    """Delete the deployment's scheduled runs that a replaced schedule made (`from_replaced_schedule`);
+    returns how many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        deployment = _read_deployment(client, name)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+        )
+        stale = [r for r in runs if from_replaced_schedule(r, deployment)]
+        for run in stale:
+            client.delete_flow_run(run.id)
+    return len(stale)
+
+
+def replaced_schedule_reason(flow_run_id) -> str | None:
+    """Why the flow run `flow_run_id` must not start a batch (a replaced schedule made it), or None; a run
+    started by hand, by `lethe run` or by the current schedule is never refused."""
+    from prefect.client.orchestration import get_client
+
+    if flow_run_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if not run.auto_scheduled or run.deployment_id is None:
+            return None
+        deployment = client.read_deployment(run.deployment_id)
+    if not from_replaced_schedule(run, deployment):
+        return None
+    return (
+        f"flow run {run.name} was scheduled for {run.expected_start_time} by a schedule that deployment "
+        f"{deployment.name} no longer has (it was updated since): no batch runs"
+    )
 
 
 def _current_paused_state(name: str) -> bool:
@@ -242,7 +298,7 @@ def describe_schedule(name: str, n: int = 5) -> dict[str, Any]:
     next_runs = [
         {"time": r.expected_start_time.astimezone(zone).isoformat(), "flow_run_id": str(r.id)}
         for r in runs
-        if r.auto_scheduled
+        if r.auto_scheduled and not from_replaced_schedule(r, deployment)  # those start no batch
     ][:n]
     if len(next_runs) < n:
         last = datetime.fromisoformat(next_runs[-1]["time"]) if next_runs else now

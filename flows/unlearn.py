@@ -14,8 +14,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from lethe.flows.alerts import alert, batch_message, failed_message, mlflow_pointer, overdue_message, table_artefact
+from lethe.flows.deployment import replaced_schedule_reason
 from lethe.flows.ladder import Interrupted, fulfil
 from lethe.flows.process import configure_process
 from lethe.flows.progress import reporter
@@ -596,11 +598,14 @@ def process_queue(params_file: str = "params.yaml", workspace: str | None = None
 
     The batch lock is taken before the queue, the registry or any model is opened, so a second batch on the
     same workspace touches nothing."""
+    logger = get_run_logger()
+    if reason := replaced_schedule_reason(flow_run.get_id()):
+        logger.warning(reason)
+        return []
     settings = batch_settings(params_file, workspace)
     configure_process(settings, os.environ)
 
     ws = Workspace.open(settings)
-    logger = get_run_logger()
     reports, ended, flagged = [], {}, []
     pointer = mlflow_pointer(ws.mlflow_uri, settings.registry.model_name)
     with batch_lock(ws.lock, ws.queue_location):
