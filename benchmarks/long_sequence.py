@@ -30,7 +30,6 @@ import argparse
 import copy
 import hashlib
 import json
-import shlex
 import shutil
 import statistics
 import sys
@@ -44,7 +43,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.continual import RESULTS, Bench, machine, parse_overrides, write  # noqa: E402
-from benchmarks.measures import peak_rss_mb, sequence_of, wilson  # noqa: E402
+from benchmarks.measures import peak_rss_mb, sequence_of, set_overrides, wilson  # noqa: E402
 from benchmarks.tune import choose, final_ok, worst_forget  # noqa: E402
 from lethe.models.adapter_stack import AdapterStack  # noqa: E402
 from lethe.models.concepts import DOMAINS  # noqa: E402
@@ -386,12 +385,6 @@ def anchors_path(out: Path) -> Path:
 def chosen_path(out: Path) -> Path:
     """Where a tuning round's choice over the runs in `out` is kept (render_tables reads it)."""
     return out.with_name(f"{out.stem}-chosen.json")
-
-
-def set_overrides(command: str) -> dict[str, str]:
-    """The `--set SECTION.KEY=VALUE` pairs of a recorded command: a candidate's setting, as it was run."""
-    words = shlex.split(command)
-    return dict(w.split("=", 1) for k, w in zip(words, words[1:]) if k == "--set")
 
 
 def choose_candidate(rows: list[dict], floor_of: dict[str, float], method: str, requests: int) -> dict:

@@ -4,6 +4,7 @@ and request sequences written as `concept:anchor` pairs."""
 from __future__ import annotations
 
 import resource
+import shlex
 
 from lethe.tasks.steps.intervals import wilson  # noqa: F401  (the benchmarks' intervals are the pipeline's)
 
@@ -15,6 +16,12 @@ def peak_rss_mb() -> float:
 def sequence_of(text: str) -> list[tuple[str, str | None]]:
     """`concept:anchor,...` as (concept, anchor) pairs; `concept:` leaves the anchor to the automatic rule."""
     return [(c, a or None) for c, _, a in (pair.partition(":") for pair in text.split(","))]
+
+
+def set_overrides(command: str) -> dict[str, str]:
+    """The `--set SECTION.KEY=VALUE` pairs of a recorded command: a run's setting, as it was run."""
+    words = shlex.split(command)
+    return dict(w.split("=", 1) for k, w in zip(words, words[1:]) if k == "--set")
 
 
 def anchor_confusion(predicted, concept: int) -> dict:

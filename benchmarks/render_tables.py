@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
-from matplotlib.figure import Figure  # figures without pyplot: no backend to choose, headless anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, like the other benchmarks
+
+from matplotlib.figure import Figure  # noqa: E402  (figures without pyplot: no backend to choose, headless anywhere)
+
+from benchmarks.measures import set_overrides  # noqa: E402
 
 
 def _subplots(*grid, figsize):
@@ -1082,7 +1087,7 @@ def long_tuning_markdown(rows: list[dict], plots: Path) -> str:
         body.append(
             [
                 method,
-                config_cell(set_pairs(last.get("command", ""))),
+                config_cell(set_overrides(last.get("command", ""))),
                 str(max(steps)),
                 pct(last.get("retain_acc")),
                 f"{within} of {len(each)}",
@@ -1116,12 +1121,6 @@ def long_tuning_markdown(rows: list[dict], plots: Path) -> str:
             "",
         ]
     )
-
-
-def set_pairs(command: str) -> dict[str, str]:
-    """The `--set SECTION.KEY=VALUE` pairs of a recorded command."""
-    words = command.split()
-    return dict(w.split("=", 1) for k, w in zip(words, words[1:]) if k == "--set")
 
 
 def world_markdown(rows: list[dict], plots: Path) -> str:
